@@ -1,0 +1,3 @@
+from asrperf.cli import main
+
+main()
