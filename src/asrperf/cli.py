@@ -1,0 +1,219 @@
+"""The one CLI: `asrperf run | prepare | report | doctor`. Nothing imports this module."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from asrperf.config import RunConfig, config_from_dict, default_config_dict, load_config
+from asrperf.errors import AsrperfError, ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+console = Console(stderr=True)
+out = Console()
+
+
+def _floats(text: str | None, key: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--{key}: '{text}' is not a comma-separated list of numbers") from None
+
+
+def _build_config(
+    config: Optional[Path], models: list[str], lengths: str | None, batch: str | None, device: list[str],
+    threads: str | None, n_clips: int | None, store: Path | None, cache_dir: Path | None, isolate: bool | None,
+    timeout: float | None, manifest: Path | None, folder: Path | None, hf_dataset: str | None,
+    hf_config: str | None, split: str | None, weights: str | None, dtype: str | None,
+) -> RunConfig:
+    base = load_config(config) if config else config_from_dict(default_config_dict(), "embedded default")
+    changes: dict = {}
+    if models:
+        changes["models"] = tuple(dataclasses.replace(base.models[0], name=m, label="", weights="auto") for m in models)
+    if weights or dtype:
+        changes["models"] = tuple(
+            dataclasses.replace(m, **({"weights": weights} if weights else {}), **({"dtype": dtype} if dtype else {}))
+            for m in changes.get("models", base.models)
+        )
+    for key, value in (("clip_lengths_s", _floats(lengths, "lengths")),
+                       ("batch_sizes", tuple(int(b) for b in _floats(batch, "batch") or ()) or None),
+                       ("threads", tuple(int(t) for t in _floats(threads, "threads") or ()) or None),
+                       ("devices", tuple(device) or None), ("n_clips", n_clips), ("isolate", isolate),
+                       ("cell_timeout_s", timeout), ("store", str(store) if store else None),
+                       ("cache_dir", str(cache_dir) if cache_dir else None)):
+        if value is not None:
+            changes[key] = value
+    sources = [s for s in (manifest, folder, hf_dataset) if s]
+    if len(sources) > 1:
+        raise ConfigError("give one of --manifest, --folder, --hf-dataset")
+    if manifest:
+        changes["source"] = {"kind": "manifest", "path": str(manifest)}
+    elif folder:
+        changes["source"] = {"kind": "folder", "path": str(folder)}
+    elif hf_dataset:
+        changes["source"] = {"kind": "hf", "path": hf_dataset, "split": split or "validation",
+                             **({"config": hf_config} if hf_config else {})}
+    return dataclasses.replace(base, **changes).validate()
+
+
+_CONFIG_ARG = typer.Argument(None, help="TOML run description; flags override it. Default: the embedded default run.")
+
+
+@app.command()
+def run(
+    config: Optional[Path] = _CONFIG_ARG,
+    model: list[str] = typer.Option([], "--model", "-m", help="Catalog name, Hub id or local checkpoint dir (repeatable)."),
+    lengths: Optional[str] = typer.Option(None, help="Clip lengths in seconds, e.g. 5,15,30,60."),
+    batch: Optional[str] = typer.Option(None, help="Batch sizes, e.g. 1,4,16."),
+    device: list[str] = typer.Option([], help="cpu, cuda or cuda:N (repeatable)."),
+    threads: Optional[str] = typer.Option(None, help="CPU threads per cell, e.g. 1,2 (0 = all cores)."),
+    n_clips: Optional[int] = typer.Option(None, help="Clips per length."),
+    weights: Optional[str] = typer.Option(None, help="auto | real | random, for every model."),
+    dtype: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16, for every model."),
+    manifest: Optional[Path] = typer.Option(None, help="CSV/TSV/JSONL manifest with audio and text columns."),
+    folder: Optional[Path] = typer.Option(None, help="Folder of audio files with same-name .txt transcripts."),
+    hf_dataset: Optional[str] = typer.Option(None, help="Hugging Face dataset name or save_to_disk folder."),
+    hf_config: Optional[str] = typer.Option(None, help="Dataset configuration name."),
+    split: Optional[str] = typer.Option(None, help="Dataset split (default validation)."),
+    store: Optional[Path] = typer.Option(None, help="Results database (SQLite)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Where corpora, clips and converted weights are cached."),
+    isolate: Optional[bool] = typer.Option(None, "--isolate/--no-isolate", help="One process per cell (default on)."),
+    timeout: Optional[float] = typer.Option(None, help="Per-cell timeout in seconds."),
+    retry_failed: bool = typer.Option(False, help="Re-run cells that failed in an earlier attempt of this run."),
+) -> None:
+    """Benchmark: prepare clips, measure every cell, store the rows, print the table."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from asrperf.run.runner import run as run_cells
+
+    cfg = _build_config(config, model, lengths, batch, device, threads, n_clips, store, cache_dir, isolate,
+                        timeout, manifest, folder, hf_dataset, hf_config, split, weights, dtype)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        prep = progress.add_task("preparing clips", total=None)
+        cells_task = progress.add_task("cells", total=None, visible=False)
+
+        def on_prepare(what: str, done: int, total: int) -> None:
+            progress.update(prep, description=what, completed=done, total=total)
+
+        def on_cell(cell, state: str, i: int, n: int) -> None:
+            progress.update(prep, visible=False)
+            label = f"{cell.model.display} {cell.clip_length_s:g} s b{cell.batch_size} {cell.device}"
+            progress.update(cells_task, visible=True, total=n, completed=i + (state != "running"),
+                            description=f"{label}: {state}"[:100])
+            if state.startswith("failed"):
+                console.print(f"[red]{label}: {state}[/red]")
+
+        summary = run_cells(cfg, retry_failed=retry_failed, on_cell=on_cell, on_prepare=on_prepare)
+    console.print(f"run {summary.run_id}: {summary.ran} cell(s) measured, {summary.skipped} already done, "
+                  f"{summary.failed} failed; results in {summary.store}")
+    _print_report(summary.store, summary.run_id, "table")
+    if summary.failed:
+        raise typer.Exit(3)
+
+
+@app.command()
+def prepare(
+    config: Optional[Path] = _CONFIG_ARG,
+    lengths: Optional[str] = typer.Option(None, help="Clip lengths in seconds."),
+    n_clips: Optional[int] = typer.Option(None, help="Clips per length."),
+    manifest: Optional[Path] = typer.Option(None), folder: Optional[Path] = typer.Option(None),
+    hf_dataset: Optional[str] = typer.Option(None), hf_config: Optional[str] = typer.Option(None),
+    split: Optional[str] = typer.Option(None), cache_dir: Optional[Path] = typer.Option(None),
+) -> None:
+    """Build and cache the exact-length clips (done by `run` too)."""
+    from asrperf.run.runner import prepare as prepare_clips
+
+    cfg = _build_config(config, [], lengths, None, [], None, n_clips, None, cache_dir, None, None, manifest, folder,
+                        hf_dataset, hf_config, split, None, None)
+    with console.status("preparing clips") as status:
+        keys = prepare_clips(cfg, lambda what, d, t: status.update(f"{what} {d}/{t}"))
+    for length, key in keys.items():
+        out.print(f"{length:g} s: {cfg.n_clips} clip(s) in {Path(cfg.cache_dir) / 'clips' / key}")
+
+
+def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path | None = None) -> None:
+    from asrperf.report.tables import render_rich, study_tables, to_markdown
+    from asrperf.results.store import Store, export_rows
+
+    if not Path(store_path).is_file():
+        raise ConfigError(f"no results store at {store_path}; run `asrperf run` first or pass --store")
+    with Store(store_path) as store:
+        runs = store.runs()
+        if not runs:
+            raise ConfigError(f"{store_path} holds no runs yet; run `asrperf run` first")
+        rid = run_id or runs[-1]["run_id"]
+        if rid not in {r["run_id"] for r in runs}:
+            raise ConfigError(f"run '{rid}' is not in {store_path}; runs: {', '.join(r['run_id'] for r in runs)}")
+        rows = store.rows(None if run_id == "all" else rid)
+    if fmt in ("csv", "json"):
+        path = output or Path(f"asrperf-{rid}.{fmt}")
+        export_rows(rows, path)
+        console.print(f"wrote {len(rows)} row(s) to {path}")
+        return
+    tables = study_tables(rows)
+    if fmt == "markdown":
+        text = to_markdown(tables)
+        if output:
+            output.write_text(text)
+        else:
+            out.print(text, markup=False, highlight=False)
+        return
+    out.print(render_rich(tables))
+
+
+@app.command()
+def report(
+    store: Path = typer.Option(Path("asrperf-results/results.sqlite"), help="Results database."),
+    run_id: Optional[str] = typer.Option(None, "--run", help="Run id (default: the latest; 'all' for every run)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | markdown | csv | json."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File for markdown/csv/json."),
+) -> None:
+    """Print the study-style tables (or export rows) from the results store."""
+    if fmt not in ("table", "markdown", "csv", "json"):
+        raise ConfigError(f"--format: '{fmt}' is not one of table, markdown, csv, json")
+    _print_report(store, run_id, fmt, output)
+
+
+@app.command()
+def doctor() -> None:
+    """List the engines, extras, data sources and devices usable on this machine, and why not."""
+    from asrperf.doctor import checks
+
+    from rich.table import Table
+
+    t = Table(title="asrperf doctor")
+    for col in ("component", "status", "detail"):
+        t.add_column(col)
+    for name, ok, detail in checks():
+        t.add_row(name, "[green]ok[/green]" if ok else "[red]missing[/red]", detail)
+    out.print(t)
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except AsrperfError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("interrupted; completed cells are kept in the store and a re-run resumes")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,207 @@
+"""Run configuration: TOML and/or flags, validated in one place.
+
+Every key is checked: an unknown key or an impossible value is a ConfigError that names
+the key and the fix. Cross-field checks live in `RunConfig.validate` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asrperf.errors import ConfigError
+
+WEIGHTS_CHOICES = ("auto", "real", "random")
+DTYPE_CHOICES = ("fp32", "fp16", "bf16")
+CLIP_MODES = ("exact", "loop")
+SCENARIOS = ("latency",)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model to benchmark, as named in the catalog or by Hub id / local directory."""
+
+    name: str  # catalog name ("whisper-tiny.en"), Hub id ("openai/whisper-base") or a local directory
+    engine: str = "transformers"
+    weights: str = "auto"  # auto: real if available offline, else random; real: must load real; random: never
+    dtype: str = "fp32"
+    label: str = ""  # column name in reports; defaults to `name`
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How many calls are timed: warm-up discarded, then repeat until both minimums are reached."""
+
+    warmup_calls: int = 1
+    warmup_min_s: float = 0.0
+    min_calls: int = 3
+    min_time_s: float = 1.0
+    max_calls: int = 50  # stop early on very fast cells once this many samples exist
+    max_time_s: float = 60.0  # ... or once this much timed wall time is spent (after min_calls)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides which cells run and how; hashed to identify a run for resume."""
+
+    models: tuple[ModelConfig, ...]
+    source: dict[str, Any] = field(default_factory=lambda: {"kind": "builtin"})
+    clip_lengths_s: tuple[float, ...] = (5.0, 15.0, 30.0, 60.0)
+    n_clips: int = 3  # clips per length; latency calls cycle over them, WER is over all of them
+    clip_mode: str = "exact"
+    batch_sizes: tuple[int, ...] = (1,)
+    devices: tuple[str, ...] = ("cpu",)
+    threads: tuple[int, ...] = (0,)  # 0: all cores of this machine (resolved at plan time)
+    scenarios: tuple[str, ...] = ("latency",)
+    accuracy: bool = True  # transcribe every clip once per cell and score WER (real weights only)
+    timing: TimingConfig = TimingConfig()
+    isolate: bool = True  # each cell in its own process
+    cell_timeout_s: float = 1800.0
+    store: str = "asrperf-results/results.sqlite"
+    cache_dir: str = ".asrperf-cache"
+
+    def validate(self) -> "RunConfig":
+        if not self.models:
+            raise ConfigError("no models to run; add a [[models]] table or pass --model NAME")
+        for m in self.models:
+            _choice("models.weights", m.weights, WEIGHTS_CHOICES)
+            _choice("models.dtype", m.dtype, DTYPE_CHOICES)
+        _choice("clip_mode", self.clip_mode, CLIP_MODES)
+        for s in self.scenarios:
+            _choice("scenarios", s, SCENARIOS)
+        for length in self.clip_lengths_s:
+            if not 0 < length <= 3600:
+                raise ConfigError(f"clip_lengths_s: {length} is not a length in seconds in (0, 3600]")
+        for b in self.batch_sizes:
+            if b < 1:
+                raise ConfigError(f"batch_sizes: {b} must be >= 1")
+        for t in self.threads:
+            if t < 0:
+                raise ConfigError(f"threads: {t} must be >= 0 (0 means all cores)")
+        for d in self.devices:
+            if not (d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
+                raise ConfigError(f"devices: '{d}' is not a device; use 'cpu', 'cuda' or 'cuda:N'")
+        if self.n_clips < 1:
+            raise ConfigError(f"n_clips: {self.n_clips} must be >= 1")
+        t = self.timing
+        if t.warmup_calls < 0 or t.min_calls < 1 or t.max_calls < t.min_calls:
+            raise ConfigError("timing: need warmup_calls >= 0, min_calls >= 1 and max_calls >= min_calls")
+        return self
+
+    @property
+    def scores_accuracy(self) -> bool:
+        """Loop-mode clips repeat audio to fill the length: they have no exact reference to score."""
+        return self.accuracy and self.clip_mode == "exact"
+
+    def identity(self) -> str:
+        """Short hash of everything that changes results; the store/cache paths do not count."""
+        d = dataclasses.asdict(self)
+        d.pop("store"), d.pop("cache_dir"), d.pop("isolate"), d.pop("cell_timeout_s")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}")
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key '{unknown[0]}' in {where}; valid keys: {', '.join(sorted(allowed))}")
+
+
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _tuple(value: Any, key: str, kind: type) -> tuple:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        return tuple(kind(v) for v in values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {value!r} is not a list of {kind.__name__}") from exc
+
+
+_TUPLE_FIELDS = {
+    "clip_lengths_s": float,
+    "batch_sizes": int,
+    "devices": str,
+    "threads": int,
+    "scenarios": str,
+}
+
+
+def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
+    """Build a validated RunConfig from a TOML-shaped dict: [run], [source], [timing], [[models]]."""
+    _check_keys(data, {"run", "source", "timing", "models"}, where)
+    run = dict(data.get("run", {}))
+    _check_keys(run, _fields(RunConfig) - {"models", "source", "timing"}, f"{where} [run]")
+    for key, kind in _TUPLE_FIELDS.items():
+        if key in run:
+            run[key] = _tuple(run[key], key, kind)
+    timing = data.get("timing", {})
+    _check_keys(timing, _fields(TimingConfig), f"{where} [timing]")
+    models = []
+    for i, m in enumerate(data.get("models", [])):
+        if isinstance(m, str):
+            m = {"name": m}
+        _check_keys(m, _fields(ModelConfig), f"{where} [[models]] #{i + 1}")
+        if "name" not in m:
+            raise ConfigError(f"{where} [[models]] #{i + 1}: 'name' is required")
+        models.append(ModelConfig(**m))
+    source = dict(data.get("source", {"kind": "builtin"}))
+    try:
+        cfg = RunConfig(models=tuple(models), source=source, timing=TimingConfig(**timing), **run)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    return cfg.validate()
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a TOML run description."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+    return config_from_dict(data, where=str(path))
+
+
+def default_config_dict() -> dict[str, Any]:
+    """The embedded default: real tiny.en plus random-weight architectures, built-in TTS corpus, CPU."""
+    return {
+        "source": {"kind": "builtin"},
+        "models": [
+            {"name": "whisper-tiny.en", "weights": "real"},
+            {"name": "whisper-tiny", "weights": "random"},
+            {"name": "whisper-base", "weights": "random"},
+            {"name": "whisper-small", "weights": "random"},
+            {"name": "wav2vec2-base", "weights": "random"},
+        ],
+    }
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """TOML text that `load_config` reads back to an equal RunConfig."""
+    import tomli_w
+
+    d = cfg.to_dict()
+    models = d.pop("models")
+    source = d.pop("source")
+    timing = d.pop("timing")
+    return tomli_w.dumps({"run": d, "source": source, "timing": timing, "models": models})

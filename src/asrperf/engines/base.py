@@ -1,0 +1,61 @@
+"""The small interface every engine implements, and what it reports about itself.
+
+Measurement code never checks an engine's name: it calls `synchronize()` and reads `info()`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Inside the timer, for every engine (DESIGN.md "Timed region"): clips are already decoded and
+# resampled; the call covers everything from waveform to text.
+TIMED_REGION = ("feature_extraction", "host_to_device", "model_forward_and_decoding", "detokenize")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model: what to load, and what kind of model it is."""
+
+    name: str  # what the user wrote: catalog name, Hub id or local directory
+    family: str  # "whisper" (seq2seq) or "ctc"
+    source: str  # Hub id or local directory holding real weights ("" if none is known)
+    architecture: dict[str, Any] = field(default_factory=dict)  # config kwargs for random weights
+    english_only: bool = False
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """One batch's output: a text per input, and how many tokens the decoder emitted per input."""
+
+    texts: list[str]
+    tokens: list[int]  # generated tokens (seq2seq) or CTC frames decoded to non-blank labels
+
+
+class Engine(ABC):
+    """Load a model once, then transcribe batches of waveforms."""
+
+    name: str = ""
+    extra: str = ""  # pip extra that provides the engine
+
+    @abstractmethod
+    def load(self, spec: ModelSpec, weights: str, dtype: str, device: str) -> None:
+        """Load weights (`weights` is "real" or "random") in `dtype` on `device`."""
+
+    @abstractmethod
+    def transcribe(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
+        """The timed call: waveforms in, texts out (feature extraction and detokenising included)."""
+
+    def synchronize(self) -> None:
+        """Block until queued device work is done; no-op for synchronous devices."""
+
+    def info(self) -> dict[str, Any]:
+        """Provenance for the result row: engine version, weights, dtype, long-form algorithm, token policy."""
+        return {}
+
+    def stages(self) -> tuple[str, ...]:
+        """Names of the stages the engine marks inside a call (for the profiler)."""
+        return ()

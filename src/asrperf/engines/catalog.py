@@ -1,0 +1,81 @@
+"""Built-in catalog: model names, where their real weights live, and their architectures.
+
+The architecture kwargs are those of the published checkpoints' config.json, so a random-weight
+model has the real shapes and costs the same FLOPs and memory; only its outputs are meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from asrperf.engines.base import ModelSpec
+from asrperf.errors import ModelError
+
+
+def _whisper(d_model: int, layers: int, heads: int, mel: int = 80, vocab: int = 51865, dec_layers: int = 0) -> dict:
+    return {
+        "model_type": "whisper",
+        "d_model": d_model,
+        "encoder_layers": layers,
+        "decoder_layers": dec_layers or layers,
+        "encoder_attention_heads": heads,
+        "decoder_attention_heads": heads,
+        "encoder_ffn_dim": 4 * d_model,
+        "decoder_ffn_dim": 4 * d_model,
+        "num_mel_bins": mel,
+        "vocab_size": vocab,
+    }
+
+
+def _w2v2(hidden: int, layers: int, heads: int, large: bool, model_type: str = "wav2vec2") -> dict:
+    # large LV-60 / HuBERT-large checkpoints use layer-norm feature extractors and pre-norm layers
+    return {
+        "model_type": model_type,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": 4 * hidden,
+        "feat_extract_norm": "layer" if large else "group",
+        "do_stable_layer_norm": large,
+        "conv_bias": large,
+        "vocab_size": 32,
+    }
+
+
+CATALOG: dict[str, ModelSpec] = {
+    "whisper-tiny.en": ModelSpec("whisper-tiny.en", "whisper", "openai/whisper-tiny.en", _whisper(384, 4, 6, vocab=51864), True),
+    "whisper-tiny": ModelSpec("whisper-tiny", "whisper", "openai/whisper-tiny", _whisper(384, 4, 6)),
+    "whisper-base": ModelSpec("whisper-base", "whisper", "openai/whisper-base", _whisper(512, 6, 8)),
+    "whisper-base.en": ModelSpec("whisper-base.en", "whisper", "openai/whisper-base.en", _whisper(512, 6, 8, vocab=51864), True),
+    "whisper-small": ModelSpec("whisper-small", "whisper", "openai/whisper-small", _whisper(768, 12, 12)),
+    "whisper-medium": ModelSpec("whisper-medium", "whisper", "openai/whisper-medium", _whisper(1024, 24, 16)),
+    "whisper-large-v3": ModelSpec("whisper-large-v3", "whisper", "openai/whisper-large-v3", _whisper(1280, 32, 20, 128, 51866)),
+    "whisper-large-v3-turbo": ModelSpec(
+        "whisper-large-v3-turbo", "whisper", "openai/whisper-large-v3-turbo", _whisper(1280, 32, 20, 128, 51866, dec_layers=4)
+    ),
+    "wav2vec2-base": ModelSpec("wav2vec2-base", "ctc", "facebook/wav2vec2-base-960h", _w2v2(768, 12, 12, False), True),
+    "wav2vec2-large": ModelSpec("wav2vec2-large", "ctc", "facebook/wav2vec2-large-960h-lv60-self", _w2v2(1024, 24, 16, True), True),
+    "hubert-large": ModelSpec("hubert-large", "ctc", "facebook/hubert-large-ls960-ft", _w2v2(1024, 24, 16, True, "hubert"), True),
+}
+
+# model_type in a checkpoint's config.json -> family; decides the decoding path, never the name
+FAMILY_BY_MODEL_TYPE = {"whisper": "whisper", "wav2vec2": "ctc", "hubert": "ctc", "wav2vec2-conformer": "ctc", "wavlm": "ctc"}
+
+
+def resolve(name: str) -> ModelSpec:
+    """A catalog name, a local checkpoint directory, or a Hub id (family read from its config)."""
+    if name in CATALOG:
+        return CATALOG[name]
+    path = Path(name)
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise ModelError(f"{path}: no config.json; point to a transformers checkpoint directory")
+        model_type = json.loads(config_file.read_text()).get("model_type", "")
+        if model_type not in FAMILY_BY_MODEL_TYPE:
+            raise ModelError(f"{path}: model_type '{model_type}' is not supported; supported: {', '.join(FAMILY_BY_MODEL_TYPE)}")
+        return ModelSpec(str(path), FAMILY_BY_MODEL_TYPE[model_type], str(path))
+    if "/" in name and not name.startswith((".", "/")):
+        return ModelSpec(name, "", name)  # a Hub id: the engine reads its config to get the family
+    raise ModelError(f"unknown model '{name}'; known: {', '.join(CATALOG)}; or give a Hub id or a local directory")

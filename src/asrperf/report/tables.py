@@ -1,0 +1,152 @@
+"""The study's table shape from the store: metric rows x model columns, one table per device.
+
+Pure data in, rich tables out; no torch, no engine imports.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+MISSING = "—"
+
+
+@dataclass
+class Table:
+    """A metric-rows x model-columns table; cells are display strings, `notes` explain missing ones."""
+
+    title: str
+    columns: list[str]
+    rows: list[tuple[str, list[str]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def column_label(row: dict[str, Any]) -> str:
+    return f"{row['model']} ({row['engine']}, {row['dtype']})"
+
+
+def _fmt_ms(s: float | None) -> str:
+    return MISSING if s is None else f"{s * 1000:,.1f}"
+
+
+def _latency(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return MISSING
+    if r.get("status") != "ok":
+        return "failed"
+    return f"{_fmt_ms(r['latency_s_p50'])} (p90 {_fmt_ms(r['latency_s_p90'])}, n={r['n_calls']})"
+
+
+def _wer(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return MISSING
+    if r.get("status") != "ok":
+        return "failed"
+    if r.get("wer") is None:
+        return f"{MISSING} (random weights)" if r.get("weights") == "random" else MISSING
+    return f"{100 * r['wer']:.1f} [{100 * r['wer_ci_low']:.1f}–{100 * r['wer_ci_high']:.1f}]"
+
+
+def _num(r: dict[str, Any] | None, key: str, fmt: str, scale: float = 1.0) -> str:
+    if r is None:
+        return MISSING
+    if r.get("status") != "ok":
+        return "failed"
+    v = r.get(key)
+    return MISSING if v is None else format(v * scale, fmt)
+
+
+def study_tables(rows: Iterable[dict[str, Any]]) -> list[Table]:
+    """One table per device from committed rows (failed ones shown as 'failed' with the reason in notes)."""
+    by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_device[r["device"]].append(r)
+    return [_device_table(device, rs) for device, rs in by_device.items()]
+
+
+def _device_table(device: str, rows: list[dict[str, Any]]) -> Table:
+    columns: list[str] = []
+    for r in rows:
+        if column_label(r) not in columns:
+            columns.append(column_label(r))
+    cell: dict[tuple[str, float, int], dict[str, Any]] = {}
+    for r in rows:
+        cell[(column_label(r), r["clip_length_s"], r["batch_size"])] = r
+    lengths = sorted({r["clip_length_s"] for r in rows})
+    batches = sorted({r["batch_size"] for r in rows})
+    ok = [r for r in rows if r.get("status") == "ok"]
+    device_name = next((r.get("device_name") for r in ok if r.get("device_name")), device)
+    t = Table(f"{device}: {device_name}", columns)
+
+    def first(col: str, key: str) -> str:
+        vals = sorted({str(r.get(key)) for r in ok if column_label(r) == col and r.get(key) is not None})
+        return ", ".join(vals) if vals else MISSING
+
+    t.rows.append(("weights", [first(c, "weights") for c in columns]))
+    t.rows.append(("threads", [first(c, "threads") for c in columns]))
+    t.rows.append(("decoder tokens", [first(c, "tokens_policy") for c in columns]))
+    b1 = batches[0]
+    for length in lengths:
+        t.rows.append((f"latency ms, p50 (p90), batch {b1}, {length:g} s", [_latency(cell.get((c, length, b1))) for c in columns]))
+    longest = lengths[-1]
+    for b in batches:
+        t.rows.append((f"throughput samples/s, batch {b}, {longest:g} s",
+                       [_num(cell.get((c, longest, b)), "throughput_samples_per_s", ".2f") for c in columns]))
+    t.rows.append((f"RTFx, batch {b1}, {longest:g} s", [_num(cell.get((c, longest, b1)), "rtfx", ".1f") for c in columns]))
+    for length in lengths:
+        t.rows.append((f"WER % [95% CI], {length:g} s clips", [_wer(cell.get((c, length, b1))) for c in columns]))
+    t.rows.append(("tokens per audio second", [_num(cell.get((c, longest, b1)), "tokens_per_audio_s", ".2f") for c in columns]))
+    t.rows.append((f"peak RSS MiB, batch {b1}, {longest:g} s",
+                   [_num(cell.get((c, longest, b1)), "peak_rss_bytes", ",.0f", 1 / 2**20) for c in columns]))
+    t.rows.append(("load s", [_num(cell.get((c, longest, b1)), "load_s", ".2f") for c in columns]))
+    for r in rows:
+        if r.get("status") != "ok":
+            t.notes.append(f"failed: {column_label(r)} {r['clip_length_s']:g} s batch {r['batch_size']}: {r.get('error')}")
+        elif r.get("weights_note"):
+            t.notes.append(f"{column_label(r)}: {r['weights_note']}")
+    if ok:
+        r0 = ok[0]
+        t.notes.append(
+            "timed region: " + " + ".join(r0.get("timed_region", [])) + "; clips decoded and resampled before timing"
+        )
+        pol = r0.get("timing_policy", {})
+        t.notes.append(
+            f"timing: {pol.get('warmup_calls')} warm-up call(s) discarded, then >= {pol.get('min_calls')} calls and "
+            f">= {pol.get('min_time_s')} s; latency = wall time per call (device synchronised)"
+        )
+        t.notes.append("WER: corpus-level after Whisper English normalisation, 95% bootstrap CI over clips; "
+                       "random-weight models have no WER")
+    return t
+
+
+def render_rich(tables: list[Table]):
+    """rich renderables for the terminal."""
+    from rich.console import Group
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    out = []
+    for t in tables:
+        rt = RichTable(title=t.title, title_justify="left", show_lines=False)
+        rt.add_column("metric", style="bold")
+        for c in t.columns:
+            rt.add_column(c, overflow="fold")
+        for name, cells in t.rows:
+            rt.add_row(name, *cells)
+        out.append(rt)
+        for n in dict.fromkeys(t.notes):
+            out.append(Text(n, style="dim"))
+    return Group(*out)
+
+
+def to_markdown(tables: list[Table]) -> str:
+    """GitHub-flavoured markdown of the same tables, for READMEs and issue notes."""
+    lines = []
+    for t in tables:
+        lines += [f"**{t.title}**", "", "| metric | " + " | ".join(t.columns) + " |",
+                  "|---|" + "---|" * len(t.columns)]
+        lines += ["| " + name + " | " + " | ".join(cells) + " |" for name, cells in t.rows]
+        lines += [""] + [f"- {n}" for n in dict.fromkeys(t.notes)] + [""]
+    return "\n".join(lines)

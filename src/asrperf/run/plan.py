@@ -1,0 +1,47 @@
+"""Expand a RunConfig into cells: engine x model x variant x device x threads x length x batch x scenario."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import asdict, dataclass
+
+from asrperf.config import ModelConfig, RunConfig
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One benchmark measurement; its key identifies it within a run for resume."""
+
+    model: ModelConfig
+    device: str
+    threads: int
+    clip_length_s: float
+    batch_size: int
+    scenario: str
+
+    @property
+    def key(self) -> str:
+        m = self.model
+        return "|".join([
+            m.engine, m.name, f"weights={m.weights}", m.dtype, self.device, f"threads={self.threads}",
+            f"{self.clip_length_s:g}s", f"batch={self.batch_size}", self.scenario,
+        ])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def expand(cfg: RunConfig) -> list[Cell]:
+    """All cells, grouped by model so a run's table fills model by model; threads 0 = all usable cores."""
+    threads = sorted({t or usable_cores() for t in cfg.threads})
+    return [
+        Cell(m, d, t, length, b, s)
+        for m, d, t, s, b, length in itertools.product(
+            cfg.models, cfg.devices, threads, cfg.scenarios, cfg.batch_sizes, cfg.clip_lengths_s
+        )
+    ]

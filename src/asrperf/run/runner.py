@@ -1,0 +1,129 @@
+"""Run a config: prepare clips, run each cell (in its own process by default), commit each row.
+
+Resume: the run id is the config's identity, so re-running the same config skips cells already
+committed as ok (and failed ones too unless `retry_failed`). A cell that crashes, runs out of
+memory or times out is committed as failed with its reason, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from asrperf.config import RunConfig
+from asrperf.data.audio import SAMPLE_RATE
+from asrperf.data.clips import ClipCache, prepare_clips
+from asrperf.engines.base import TIMED_REGION
+from asrperf.results import env as envmod
+from asrperf.results.store import Store
+from asrperf.run.plan import Cell, expand
+
+STDERR_TAIL_CHARS = 2000
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    store: Path
+    ran: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+def prepare(cfg: RunConfig, progress: Callable[[str, int, int], None] | None = None) -> dict[float, str]:
+    """Build (or reuse) the clips of every length; returns length -> clip cache key."""
+    from asrperf.data.sources import source_from_spec
+
+    cache_dir = Path(cfg.cache_dir)
+    source = source_from_spec(cfg.source, cache_dir)
+    if hasattr(source, "progress"):
+        source.progress = (lambda d, t: progress("synthesising built-in corpus", d, t)) if progress else None
+    cache = ClipCache(cache_dir)
+    keys = {}
+    for i, length in enumerate(cfg.clip_lengths_s):
+        if progress:
+            progress(f"clips of {length:g} s", i, len(cfg.clip_lengths_s))
+        prepare_clips(lambda: source.utterances(SAMPLE_RATE), source.key, source.describe(), length,
+                      cfg.n_clips, cache, cfg.clip_mode)
+        keys[length] = cache.key(source.key, length, cfg.clip_mode, SAMPLE_RATE)
+    return keys
+
+
+def _signal_reason(code: int) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (the kernel's OOM killer sends this when memory runs out)" if -code == signal.SIGKILL else ""
+        return f"worker killed by {name}{hint}"
+    return f"worker exited with code {code}"
+
+
+def run_isolated(payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Run one cell in a fresh Python process; a crash or timeout becomes a failed row."""
+    with tempfile.TemporaryDirectory(prefix="asrperf-cell-") as tmp:
+        p_in, p_out = Path(tmp) / "payload.json", Path(tmp) / "result.json"
+        p_in.write_text(json.dumps(payload))
+        proc = subprocess.Popen([sys.executable, "-m", "asrperf.run.worker", str(p_in), str(p_out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return {"status": "failed", "error": f"timeout: the cell ran past {timeout_s:g} s (cell_timeout_s)"}
+        if p_out.is_file():
+            return json.loads(p_out.read_text())
+        tail = (err or "").strip().splitlines()[-1:] or [""]
+        return {"status": "failed", "error": f"{_signal_reason(proc.returncode)}; {tail[0][:STDERR_TAIL_CHARS]}".rstrip("; ")}
+
+
+def run(
+    cfg: RunConfig,
+    retry_failed: bool = False,
+    on_cell: Callable[[Cell, str, int, int], None] | None = None,
+    on_prepare: Callable[[str, int, int], None] | None = None,
+) -> RunSummary:
+    """Execute every cell of `cfg` not yet committed; returns counts. `on_cell(cell, state, i, n)`."""
+    from asrperf.run.worker import execute
+
+    run_id = cfg.identity()
+    keys = prepare(cfg, on_prepare)
+    cells = expand(cfg)
+    summary = RunSummary(run_id, Path(cfg.store))
+    with Store(cfg.store) as store:
+        store.begin_run(run_id, cfg.to_dict(), envmod.capture())
+        done = store.cell_status(run_id)
+        for i, cell in enumerate(cells):
+            status = done.get(cell.key)
+            if status == "ok" or (status == "failed" and not retry_failed):
+                summary.skipped += 1
+                if on_cell:
+                    on_cell(cell, f"skipped (already {status})", i, len(cells))
+                continue
+            if on_cell:
+                on_cell(cell, "running", i, len(cells))
+            payload = {
+                "cell": cell.to_dict(), "cache_dir": cfg.cache_dir, "clip_key": keys[cell.clip_length_s],
+                "n_clips": cfg.n_clips, "timing": asdict(cfg.timing), "score": cfg.scores_accuracy,
+                "timed_region": TIMED_REGION, "isolated": cfg.isolate,
+            }
+            started = time.time()
+            row = run_isolated(payload, cfg.cell_timeout_s) if cfg.isolate else execute(payload)
+            base = {"engine": cell.model.engine, "model": cell.model.display, "model_name": cell.model.name,
+                    "dtype": cell.model.dtype, "device": cell.device, "threads": cell.threads,
+                    "clip_length_s": cell.clip_length_s, "batch_size": cell.batch_size, "scenario": cell.scenario}
+            row = {**base, **row}
+            warmup, samples = row.pop("warmup_s", []), row.pop("samples_s", [])
+            store.commit_cell(run_id, cell.key, row, started, warmup, samples)
+            summary.ran += 1
+            summary.failed += row["status"] != "ok"
+            if on_cell:
+                on_cell(cell, row["status"] if row["status"] == "ok" else f"failed: {row.get('error')}", i, len(cells))
+    return summary

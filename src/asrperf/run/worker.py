@@ -1,0 +1,121 @@
+"""Run one cell: load the engine, measure, and return the row. Also the subprocess entry point.
+
+    python -m asrperf.run.worker PAYLOAD.json RESULT.json
+
+The payload names the cell, where its clips are cached and the timing policy; the result is the
+row plus raw timings. Anything that goes wrong becomes a failed row with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from typing import Any
+
+from asrperf.config import ModelConfig, TimingConfig
+from asrperf.data.clips import ClipCache
+from asrperf.errors import AsrperfError
+
+
+def _set_threads(threads: int) -> None:
+    # before torch is imported, so OpenMP/MKL pools are sized once and never oversubscribe
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def _device_facts(engine: Any) -> dict[str, Any]:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    facts: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
+    device = getattr(engine, "device", None)
+    if device is not None and getattr(device, "type", "") == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        facts.update(device_name=props.name, cuda_version=torch.version.cuda,
+                     cuda_peak_allocated_bytes=torch.cuda.max_memory_allocated(device),
+                     cuda_peak_reserved_bytes=torch.cuda.max_memory_reserved(device))
+    else:
+        from asrperf.results.env import cpu_model
+
+        facts["device_name"] = cpu_model()
+    return facts
+
+
+def peak_rss_bytes() -> int:
+    # ru_maxrss is in kilobytes on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def execute(payload: dict[str, Any]) -> dict[str, Any]:
+    """Measure the cell described by `payload`; never raises (a failure is a row)."""
+    from asrperf.engines.catalog import resolve
+    from asrperf.engines.registry import create
+    from asrperf.scenarios.latency import run_latency
+
+    cell = payload["cell"]
+    model = ModelConfig(**cell["model"])
+    row: dict[str, Any] = {
+        "engine": model.engine, "model": model.display, "model_name": model.name, "weights_requested": model.weights,
+        "dtype": model.dtype, "device": cell["device"], "threads": cell["threads"],
+        "clip_length_s": cell["clip_length_s"], "batch_size": cell["batch_size"], "scenario": cell["scenario"],
+        "isolated": payload.get("isolated", False),
+    }
+    engine = None
+    try:
+        clips = ClipCache(payload["cache_dir"]).load(payload["clip_key"], payload["n_clips"])
+        if clips is None:
+            raise AsrperfError(f"clips {payload['clip_key']} are not in the cache; run `asrperf prepare` first")
+        spec = resolve(model.name)
+        engine = create(model.engine, payload["cache_dir"])
+        t0 = time.perf_counter()
+        engine.load(spec, model.weights, model.dtype, cell["device"])
+        row["load_s"] = time.perf_counter() - t0
+        torch = sys.modules.get("torch")
+        if torch is not None:  # in-process runs cannot rely on the env vars set before import
+            torch.set_num_threads(cell["threads"])
+        row["rss_after_load_bytes"] = peak_rss_bytes()
+        info = engine.info()
+        # WER exists only for real weights: random outputs are noise, never a number to compare
+        score = payload["score"] and info.get("weights") == "real"
+        metrics, timed = run_latency(engine, clips, cell["batch_size"], TimingConfig(**payload["timing"]), score)
+        row.update(info)
+        row.update(metrics)
+        if not score:
+            row["wer"] = None
+            row["wer_missing_reason"] = ("random weights: outputs are not speech recognition"
+                                         if info.get("weights") != "real" else "accuracy off (loop clips or accuracy=false)")
+        row.update(
+            status="ok", timed_region=list(payload["timed_region"]), n_clips=len(clips),
+            clip_ids=[c.id for c in clips], speech_s_mean=sum(c.speech_s for c in clips) / len(clips),
+            timing_policy=payload["timing"], warmup_s=timed.warmup_s, samples_s=timed.samples_s,
+        )
+    except AsrperfError as exc:
+        row.update(status="failed", error=str(exc))
+    except MemoryError:
+        row.update(status="failed", error="out of memory (MemoryError) in the cell")
+    except Exception as exc:  # a crashing cell is recorded, the run goes on
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc} (at {last.filename}:{last.lineno})".replace("\n", " "))
+    row.update(_device_facts(engine))
+    row["peak_rss_bytes"] = peak_rss_bytes()
+    return row
+
+
+def main(argv: list[str]) -> int:
+    payload_path, result_path = argv
+    payload = json.loads(open(payload_path).read())
+    _set_threads(payload["cell"]["threads"])
+    row = execute(payload)
+    tmp = result_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(row, f)
+    os.replace(tmp, result_path)
+    return 0 if row["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,76 @@
+"""The latency scenario: timed calls on batches of clips, then one accuracy pass over all clips.
+
+Call i transcribes clips [i*B, (i+1)*B) modulo the clip count, so the spread reflects both timer
+noise and the content of different clips of the same length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from asrperf.config import TimingConfig
+from asrperf.data.clips import Clip
+from asrperf.engines.base import Engine
+from asrperf.measure.stats import rtfx, summarize, throughput_samples_per_s
+from asrperf.measure.timer import TimedCalls, time_calls, time_once
+from asrperf.measure.wer import error_rates
+
+
+def batch_for_call(clips: list[Clip], batch_size: int, call: int) -> list[Clip]:
+    return [clips[(call * batch_size + j) % len(clips)] for j in range(batch_size)]
+
+
+def run_latency(
+    engine: Engine,
+    clips: list[Clip],
+    batch_size: int,
+    timing: TimingConfig,
+    score: bool,
+    on_call: Callable[[int], None] | None = None,
+) -> tuple[dict[str, Any], TimedCalls]:
+    """Measure one cell; returns the metric fields of its row and the raw timings."""
+    rate = clips[0].sample_rate
+
+    def call(i: int):
+        return engine.transcribe([c.audio for c in batch_for_call(clips, batch_size, i)], rate)
+
+    first_call_s, _ = time_once(lambda: call(0), engine.synchronize)
+    timed = time_calls(call, engine.synchronize, timing, on_call)
+    stats = summarize(timed.samples_s)
+    audio_s = batch_size * clips[0].audio_s  # every clip of a cell has the same exact length
+    n = len(timed.samples_s)
+    tokens = [sum(t.tokens) for t in timed.results]
+    row: dict[str, Any] = {f"latency_s_{k}" if k != "n" else "n_calls": v for k, v in stats.items()}
+    row.update(
+        first_call_s=first_call_s,
+        warmup_calls=len(timed.warmup_s),
+        audio_s_per_call=audio_s,
+        throughput_samples_per_s=throughput_samples_per_s(batch_size, n, timed.total_s),
+        rtfx=rtfx(audio_s * n, timed.total_s),
+        tokens_per_call_mean=sum(tokens) / len(tokens),
+        tokens_per_audio_s=sum(tokens) / (audio_s * n),
+    )
+    row.update(accuracy(engine, clips, batch_size) if score else {})
+    return row, timed
+
+
+def accuracy(engine: Engine, clips: list[Clip], batch_size: int) -> dict[str, Any]:
+    """Transcribe every clip once (in batches of the cell's size) and score corpus WER/CER."""
+    hyps: list[str] = []
+    for start in range(0, len(clips), batch_size):
+        batch = clips[start : start + batch_size]
+        hyps += engine.transcribe([c.audio for c in batch], clips[0].sample_rate).texts
+    refs = [c.text or "" for c in clips]
+    er = error_rates(refs, hyps)
+    return {
+        "wer": er.wer,
+        "wer_ci_low": er.wer_ci[0],
+        "wer_ci_high": er.wer_ci[1],
+        "cer": er.cer,
+        "cer_ci_low": er.cer_ci[0],
+        "cer_ci_high": er.cer_ci[1],
+        "ref_words": er.ref_words,
+        "n_scored": er.n_utterances,
+        "transcripts": [{"clip": c.id, "ref": c.text, "hyp": h} for c, h in zip(clips, hyps)],
+    }

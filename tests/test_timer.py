@@ -1,0 +1,48 @@
+import time
+
+import pytest
+
+from asrperf.config import TimingConfig
+from asrperf.measure.timer import time_calls, time_once
+
+
+def _busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.parametrize("work", [time.sleep, _busy], ids=["sleep", "busy"])
+def test_timer_reads_known_work_within_a_few_percent(work):
+    # calibration: a 50 ms sleep (or busy loop) must read as 50 ms, not less, and not much more
+    dt, _ = time_once(lambda: work(0.05), lambda: None)
+    assert 0.05 <= dt < 0.05 * 1.05 + 0.002
+
+
+def test_synchronize_is_inside_the_timed_interval():
+    # a device whose queued work finishes only at synchronize(): the timer must wait for it
+    dt, _ = time_once(lambda: None, lambda: time.sleep(0.03))
+    assert dt >= 0.03
+
+
+def test_policy_warmup_then_minimum_count_and_time():
+    calls = []
+    policy = TimingConfig(warmup_calls=2, min_calls=3, min_time_s=0.1, max_calls=100, max_time_s=10)
+    out = time_calls(lambda i: calls.append(i) or time.sleep(0.01), lambda: None, policy)
+    assert len(out.warmup_s) == 2
+    # 3 calls is not yet 0.1 s: it keeps going until both minimums hold
+    assert len(out.samples_s) >= 8 and out.total_s >= 0.1
+    assert calls == list(range(len(calls))), "call indices run on from warm-up"
+    assert len(out.results) == len(out.samples_s)
+
+
+def test_policy_stops_at_max_calls():
+    policy = TimingConfig(warmup_calls=0, min_calls=2, min_time_s=100, max_calls=5, max_time_s=1000)
+    out = time_calls(lambda i: None, lambda: None, policy)
+    assert len(out.samples_s) == 5 and out.warmup_s == []
+
+
+def test_policy_stops_at_max_time_after_min_calls():
+    policy = TimingConfig(warmup_calls=0, min_calls=2, min_time_s=100, max_calls=1000, max_time_s=0.05)
+    out = time_calls(lambda i: time.sleep(0.02), lambda: None, policy)
+    assert 3 <= len(out.samples_s) <= 4
