@@ -13,7 +13,7 @@ from asrperf.config import TimingConfig
 from asrperf.data.clips import Clip
 from asrperf.engines.base import Engine
 from asrperf.measure.stats import rtfx, summarize, throughput_samples_per_s
-from asrperf.measure.timer import TimedCalls, time_calls, time_once
+from asrperf.measure.timer import TimedCalls, time_calls
 from asrperf.measure.wer import error_rates
 
 
@@ -35,8 +35,9 @@ def run_latency(
     def call(i: int):
         return engine.transcribe([c.audio for c in batch_for_call(clips, batch_size, i)], rate)
 
-    first_call_s, _ = time_once(lambda: call(0), engine.synchronize)
     timed = time_calls(call, engine.synchronize, timing, on_call)
+    # the first warm-up call is the cold first call; with no warm-up, the first timed call is
+    first_call_s = (timed.warmup_s or timed.samples_s)[0]
     stats = summarize(timed.samples_s)
     audio_s = batch_size * clips[0].audio_s  # every clip of a cell has the same exact length
     n = len(timed.samples_s)
