@@ -92,10 +92,12 @@ def run(
     """Benchmark: prepare clips, measure every cell, store the rows, print the table."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from asrperf.run.runner import check
     from asrperf.run.runner import run as run_cells
 
     cfg = _build_config(config, model, lengths, batch, device, threads, n_clips, store, cache_dir, isolate,
                         timeout, manifest, folder, hf_dataset, hf_config, split, weights, dtype)
+    check(cfg)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         prep = progress.add_task("preparing clips", total=None)
@@ -203,7 +205,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except AsrperfError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

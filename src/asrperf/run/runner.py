@@ -22,6 +22,7 @@ from asrperf.config import RunConfig
 from asrperf.data.audio import SAMPLE_RATE
 from asrperf.data.clips import ClipCache, prepare_clips
 from asrperf.engines.base import TIMED_REGION
+from asrperf.errors import ConfigError
 from asrperf.results import env as envmod
 from asrperf.results.store import Store
 from asrperf.run.plan import Cell, expand
@@ -84,6 +85,17 @@ def run_isolated(payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         return {"status": "failed", "error": f"{_signal_reason(proc.returncode)}; {tail[0][:STDERR_TAIL_CHARS]}".rstrip("; ")}
 
 
+def check(cfg: RunConfig) -> None:
+    """Fail fast on model and engine names, before any clip or cell work."""
+    from asrperf.engines.catalog import resolve
+    from asrperf.engines.registry import ENGINES
+
+    for m in cfg.models:
+        resolve(m.name)
+        if m.engine not in ENGINES:
+            raise ConfigError(f"unknown engine '{m.engine}' for model {m.name}; known: {', '.join(ENGINES)}")
+
+
 def run(
     cfg: RunConfig,
     retry_failed: bool = False,
@@ -93,6 +105,7 @@ def run(
     """Execute every cell of `cfg` not yet committed; returns counts. `on_cell(cell, state, i, n)`."""
     from asrperf.run.worker import execute
 
+    check(cfg)
     run_id = cfg.identity()
     keys = prepare(cfg, on_prepare)
     cells = expand(cfg)
