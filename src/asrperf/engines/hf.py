@@ -94,6 +94,7 @@ class TransformersEngine(Engine):
                 family = family or self._family_of(path)
                 model, fe, tok = self._real(path, family)
                 self._info["weights_source"] = str(path)
+                weights = "real"
         self.weights = weights
         self.family = family or spec.family
         self.model = model.to(self.device, self.dtype).eval()
@@ -164,7 +165,10 @@ class TransformersEngine(Engine):
         model_type = arch.pop("model_type")
         config = tf.AutoConfig.for_model(model_type, **arch)
         with torch.device("meta"):
-            model = (tf.WhisperForConditionalGeneration if spec.family == "whisper" else tf.AutoModelForCTC).from_config(config)
+            if spec.family == "whisper":
+                model = tf.WhisperForConditionalGeneration(config)
+            else:
+                model = tf.AutoModelForCTC.from_config(config)
         _random_fill(model)
         if spec.family == "whisper":
             fe = tf.WhisperFeatureExtractor(feature_size=config.num_mel_bins)
@@ -226,8 +230,9 @@ class TransformersEngine(Engine):
         out = self.model.generate(features, generation_config=gen, **kwargs)
         sequences = out if isinstance(out, self.torch.Tensor) else out["sequences"]
         texts = [t.strip() for t in self.tok.batch_decode(sequences, skip_special_tokens=True)]
+        # decoder steps that produced text or timestamp tokens (prompt and end-of-text excluded)
         special = set(self.tok.all_special_ids)
-        tokens = [sum(1 for t in row.tolist() if t not in special and t < self.tok.vocab_size) for row in sequences]
+        tokens = [sum(1 for t in row.tolist() if t not in special) for row in sequences]
         self._info["tokens_policy"] = "real (the model's own end-of-text)"
         return Transcription(texts, tokens)
 

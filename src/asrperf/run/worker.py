@@ -82,7 +82,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
         # WER exists only for real weights: random outputs are noise, never a number to compare
         score = payload["score"] and info.get("weights") == "real"
         metrics, timed = run_latency(engine, clips, cell["batch_size"], TimingConfig(**payload["timing"]), score)
-        row.update(info)
+        row.update(engine.info())  # after the calls: long-form and token policy are known now
         row.update(metrics)
         if not score:
             row["wer"] = None
