@@ -16,7 +16,8 @@ from asrperf.errors import AsrperfError, ConfigError
 app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__,
                   context_settings={"help_option_names": ["-h", "--help"]})
 console = Console(stderr=True)
-out = Console()
+# tables are wide (a column per model): when piped to a file, do not wrap them at 80 columns
+out = Console() if Console().is_terminal else Console(width=200)
 
 
 def _floats(text: str | None, key: str) -> tuple[float, ...] | None:

@@ -207,6 +207,7 @@ class TransformersEngine(Engine):
         changes = (ids[:, 1:] != ids[:, :-1]) & (ids[:, 1:] != pad)
         tokens = (changes.sum(dim=1) + (ids[:, 0] != pad)).tolist()
         self._info["longform"] = "none needed (CTC over the whole clip)"
+        self._info["tokens_policy"] = "n/a (CTC)"
         return Transcription(texts, [int(t) for t in tokens])
 
     def _whisper(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
@@ -239,41 +240,43 @@ class TransformersEngine(Engine):
     def _whisper_fixed_tokens(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
         """Random weights: decode a fixed, realistic number of tokens per 30 s window.
 
-        Each clip is cut into 30 s windows (the last one padded), all windows go through the
-        encoder as one batch, and the decoder emits RANDOM_TOKENS_PER_AUDIO_S tokens per second
-        of audio in the window with the KV cache, as greedy decoding of real speech would.
+        Each clip is cut into 30 s windows (the last one padded by the feature extractor), and
+        each window's decoder emits RANDOM_TOKENS_PER_AUDIO_S tokens per second of audio in it,
+        with the KV cache, as greedy decoding of real speech would. Windows needing the same
+        token count are encoded and decoded as one batch.
         """
         from transformers import GenerationMixin
 
-        windows, owner = [], []
-        for i, a in enumerate(audios):
-            for start in range(0, len(a), WINDOW_SAMPLES):
-                windows.append(a[start : start + WINDOW_SAMPLES])
-                owner.append(i)
-        n_new = max(1, round(RANDOM_TOKENS_PER_AUDIO_S * max(len(w) for w in windows) / sample_rate))
-        feats = self.fe(windows, sampling_rate=sample_rate, return_tensors="pt")
-        features = feats.input_features.to(self.device, self.dtype)
         # The prompt costs by its length: <|startoftranscript|> <|notimestamps|> for English-only
         # models, plus <|en|> <|transcribe|> for multilingual ones.
         names = ["<|startoftranscript|>", "<|notimestamps|>"]
         if not self.spec.english_only:
             names[1:1] = ["<|en|>", "<|transcribe|>"]
         prompt = [t % self.model.config.vocab_size for t in self.tok.convert_tokens_to_ids(names)]
-        prefix = self.torch.tensor([prompt] * len(windows), device=self.device)
-        out = GenerationMixin.generate(
-            self.model, input_features=features, decoder_input_ids=prefix,
-            min_new_tokens=n_new, max_new_tokens=n_new, do_sample=False, num_beams=1,
-            eos_token_id=None, pad_token_id=0, forced_decoder_ids=None, suppress_tokens=None,
-            begin_suppress_tokens=None,
-        )
-        new = out[:, len(prompt):]
-        decoded = self.tok.batch_decode(new, skip_special_tokens=True)
+        groups: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for i, a in enumerate(audios):
+            for start in range(0, len(a), WINDOW_SAMPLES):
+                w = a[start : start + WINDOW_SAMPLES]
+                n_new = max(1, round(RANDOM_TOKENS_PER_AUDIO_S * len(w) / sample_rate))
+                groups.setdefault(n_new, []).append((i, w))
         texts, tokens = [""] * len(audios), [0] * len(audios)
-        for w, i in enumerate(owner):
-            texts[i] = (texts[i] + " " + decoded[w]).strip()
-            tokens[i] += int(new.shape[1])
+        for n_new, items in groups.items():
+            feats = self.fe([w for _, w in items], sampling_rate=sample_rate, return_tensors="pt")
+            features = feats.input_features.to(self.device, self.dtype)
+            prefix = self.torch.tensor([prompt] * len(items), device=self.device)
+            out = GenerationMixin.generate(
+                self.model, input_features=features, decoder_input_ids=prefix,
+                min_new_tokens=n_new, max_new_tokens=n_new, do_sample=False, num_beams=1,
+                eos_token_id=None, pad_token_id=0, forced_decoder_ids=None, suppress_tokens=None,
+                begin_suppress_tokens=None,
+            )
+            new = out[:, len(prompt):]
+            for (i, _), text in zip(items, self.tok.batch_decode(new, skip_special_tokens=True)):
+                texts[i] = (texts[i] + " " + text).strip()
+                tokens[i] += int(new.shape[1])
         self._info["longform"] = "30 s windows, fixed token count (random weights)"
-        self._info["tokens_policy"] = f"fixed: {RANDOM_TOKENS_PER_AUDIO_S:g} tokens per audio second ({int(RANDOM_TOKENS_PER_AUDIO_S * WINDOW_S)} per 30 s window)"
+        self._info["tokens_policy"] = (f"fixed {RANDOM_TOKENS_PER_AUDIO_S:g}/audio-s "
+                                       f"({int(RANDOM_TOKENS_PER_AUDIO_S * WINDOW_S)} per 30 s window)")
         return Transcription(texts, tokens)
 
     def synchronize(self) -> None:

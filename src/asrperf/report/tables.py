@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MISSING = "—"
+_TOKEN_POLICY_SHORT = {"real (the model's own end-of-text)": "real"}
 
 
 @dataclass
@@ -24,7 +25,13 @@ class Table:
 
 
 def column_label(row: dict[str, Any]) -> str:
+    """Model, engine and dtype identify a column; the short form is used when it is unambiguous."""
     return f"{row['model']} ({row['engine']}, {row['dtype']})"
+
+
+def _short_labels(columns: list[str]) -> dict[str, str]:
+    short = {c: c.split(" (")[0] for c in columns}
+    return short if len(set(short.values())) == len(short) else {c: c for c in columns}
 
 
 def _fmt_ms(s: float | None) -> str:
@@ -36,7 +43,7 @@ def _latency(r: dict[str, Any] | None) -> str:
         return MISSING
     if r.get("status") != "ok":
         return "failed"
-    return f"{_fmt_ms(r['latency_s_p50'])} (p90 {_fmt_ms(r['latency_s_p90'])}, n={r['n_calls']})"
+    return f"{_fmt_ms(r['latency_s_p50'])} (p90 {_fmt_ms(r['latency_s_p90'])})"
 
 
 def _wer(r: dict[str, Any] | None) -> str:
@@ -78,27 +85,31 @@ def _device_table(device: str, rows: list[dict[str, Any]]) -> Table:
     batches = sorted({r["batch_size"] for r in rows})
     ok = [r for r in rows if r.get("status") == "ok"]
     device_name = next((r.get("device_name") for r in ok if r.get("device_name")), device)
-    t = Table(f"{device}: {device_name}", columns)
+    t = Table(f"{device}: {device_name}", [_short_labels(columns)[c] for c in columns])
 
-    def first(col: str, key: str) -> str:
+    def first(col: str, key: str, short: dict[str, str] | None = None) -> str:
         vals = sorted({str(r.get(key)) for r in ok if column_label(r) == col and r.get(key) is not None})
+        vals = [short.get(v, v) if short else v for v in vals]
         return ", ".join(vals) if vals else MISSING
 
+    t.rows.append(("engine", [first(c, "engine") for c in columns]))
+    t.rows.append(("dtype", [first(c, "dtype") for c in columns]))
     t.rows.append(("weights", [first(c, "weights") for c in columns]))
     t.rows.append(("threads", [first(c, "threads") for c in columns]))
-    t.rows.append(("decoder tokens", [first(c, "tokens_policy") for c in columns]))
+    t.rows.append(("decoder tokens", [first(c, "tokens_policy", _TOKEN_POLICY_SHORT) for c in columns]))
     b1 = batches[0]
+    t.rows.append(("timed calls per cell", [first(c, "n_calls") for c in columns]))
     for length in lengths:
-        t.rows.append((f"latency ms, p50 (p90), batch {b1}, {length:g} s", [_latency(cell.get((c, length, b1))) for c in columns]))
+        t.rows.append((f"latency ms p50 (p90), b{b1}, {length:g} s", [_latency(cell.get((c, length, b1))) for c in columns]))
     longest = lengths[-1]
     for b in batches:
-        t.rows.append((f"throughput samples/s, batch {b}, {longest:g} s",
+        t.rows.append((f"throughput samples/s, b{b}, {longest:g} s",
                        [_num(cell.get((c, longest, b)), "throughput_samples_per_s", ".2f") for c in columns]))
-    t.rows.append((f"RTFx, batch {b1}, {longest:g} s", [_num(cell.get((c, longest, b1)), "rtfx", ".1f") for c in columns]))
+    t.rows.append((f"RTFx, b{b1}, {longest:g} s", [_num(cell.get((c, longest, b1)), "rtfx", ".1f") for c in columns]))
     for length in lengths:
-        t.rows.append((f"WER % [95% CI], {length:g} s clips", [_wer(cell.get((c, length, b1))) for c in columns]))
+        t.rows.append((f"WER % [95% CI], {length:g} s", [_wer(cell.get((c, length, b1))) for c in columns]))
     t.rows.append(("tokens per audio second", [_num(cell.get((c, longest, b1)), "tokens_per_audio_s", ".2f") for c in columns]))
-    t.rows.append((f"peak RSS MiB, batch {b1}, {longest:g} s",
+    t.rows.append((f"peak RSS MiB, b{b1}, {longest:g} s",
                    [_num(cell.get((c, longest, b1)), "peak_rss_bytes", ",.0f", 1 / 2**20) for c in columns]))
     t.rows.append(("load s", [_num(cell.get((c, longest, b1)), "load_s", ".2f") for c in columns]))
     for r in rows:

@@ -22,9 +22,12 @@ from asrperf.errors import AsrperfError
 
 
 def _set_threads(threads: int) -> None:
-    # before torch is imported, so OpenMP/MKL pools are sized once and never oversubscribe
+    """Size the CPU thread pools before any engine work (env vars for libraries not yet loaded)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def _device_facts(engine: Any) -> dict[str, Any]:
@@ -57,6 +60,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
     from asrperf.scenarios.latency import run_latency
 
     cell = payload["cell"]
+    _set_threads(cell["threads"])
     model = ModelConfig(**cell["model"])
     row: dict[str, Any] = {
         "engine": model.engine, "model": model.display, "model_name": model.name, "weights_requested": model.weights,
@@ -74,9 +78,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         engine.load(spec, model.weights, model.dtype, cell["device"])
         row["load_s"] = time.perf_counter() - t0
-        torch = sys.modules.get("torch")
-        if torch is not None:  # in-process runs cannot rely on the env vars set before import
-            torch.set_num_threads(cell["threads"])
+        _set_threads(cell["threads"])  # torch may have been imported by the load itself
         row["rss_after_load_bytes"] = peak_rss_bytes()
         info = engine.info()
         # WER exists only for real weights: random outputs are noise, never a number to compare
@@ -108,7 +110,6 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     payload_path, result_path = argv
     payload = json.loads(open(payload_path).read())
-    _set_threads(payload["cell"]["threads"])
     row = execute(payload)
     tmp = result_path + ".tmp"
     with open(tmp, "w") as f:

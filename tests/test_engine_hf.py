@@ -1,0 +1,95 @@
+"""The transformers engine on real audio: real tiny.en weights (offline), random architectures."""
+
+import numpy as np
+import pytest
+
+from asrperf.data.audio import SAMPLE_RATE
+from asrperf.data.clips import ClipCache, prepare_clips
+from asrperf.data.sources import BuiltinSource
+from asrperf.engines.catalog import resolve
+from asrperf.engines.hf import TransformersEngine
+from asrperf.errors import ModelError
+from asrperf.measure.wer import error_rates, normalize
+
+
+@pytest.fixture(scope="module")
+def clips(cache_dir, tiny_source):
+    src = BuiltinSource(cache_dir, n_sentences=tiny_source["n_sentences"])
+    out = {}
+    for length in (5.0, 60.0):
+        out[length], _ = prepare_clips(lambda: src.utterances(SAMPLE_RATE), src.key, {}, length, 1, ClipCache(cache_dir))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_en(cache_dir):
+    engine = TransformersEngine(cache_dir)
+    engine.load(resolve("whisper-tiny.en"), "auto", "fp32", "cpu")
+    return engine
+
+
+def test_real_weights_are_found_offline(tiny_en):
+    info = tiny_en.info()
+    assert info["weights"] == "real"
+    assert info["n_params"] == 37_760_256  # published whisper-tiny.en parameter count (tied output)
+
+
+def test_short_clip_is_transcribed(tiny_en, clips):
+    clip = clips[5.0][0]
+    out = tiny_en.transcribe([clip.audio], SAMPLE_RATE)
+    assert error_rates([clip.text], out.texts).wer < 0.25, (clip.text, out.texts)
+    assert out.tokens[0] > 5
+
+
+def test_60_s_clip_is_fully_transcribed_not_truncated_at_30_s(tiny_en, clips):
+    clip = clips[60.0][0]
+    assert clip.speech_s > 50
+    out = tiny_en.transcribe([clip.audio], SAMPLE_RATE)
+    er = error_rates([clip.text], out.texts)
+    # a 30 s truncation would delete about half the words: WER ~50%
+    assert er.wer < 0.15, out.texts[0]
+    last_words = normalize(clip.text).split()[-6:]
+    assert " ".join(last_words[-3:]) in normalize(out.texts[0]), "the end of the clip is missing"
+    assert "sequential" in tiny_en.info()["longform"]
+
+
+def test_local_checkpoint_directory_loads_real_weights(tiny_en, clips):
+    path = tiny_en.info()["weights_source"]
+    spec = resolve(path)
+    assert spec.family == "whisper"
+    engine = TransformersEngine(tiny_en.cache_dir)
+    engine.load(spec, "real", "fp32", "cpu")
+    assert engine.info()["weights"] == "real"
+    clip = clips[5.0][0]
+    assert engine.transcribe([clip.audio], SAMPLE_RATE).texts == tiny_en.transcribe([clip.audio], SAMPLE_RATE).texts
+
+
+def test_random_whisper_decodes_a_fixed_token_count_per_window(cache_dir):
+    engine = TransformersEngine(cache_dir)
+    engine.load(resolve("whisper-tiny"), "random", "fp32", "cpu")
+    audio = np.random.default_rng(0).normal(0, 0.1, 45 * SAMPLE_RATE).astype(np.float32)
+    out = engine.transcribe([audio, audio], SAMPLE_RATE)
+    # 45 s = a full 30 s window (90 tokens) + 15 s (45 tokens), for each of the two clips
+    assert out.tokens == [135, 135]
+    info = engine.info()
+    assert info["weights"] == "random" and "fixed 3/audio-s" in info["tokens_policy"]
+
+
+def test_random_ctc_model_runs_the_full_path(cache_dir):
+    engine = TransformersEngine(cache_dir)
+    engine.load(resolve("wav2vec2-base"), "random", "fp32", "cpu")
+    audio = np.random.default_rng(0).normal(0, 0.1, 2 * SAMPLE_RATE).astype(np.float32)
+    out = engine.transcribe([audio], SAMPLE_RATE)
+    assert len(out.texts) == 1 and isinstance(out.texts[0], str)
+    assert engine.info()["n_params"] == 94_396_320  # wav2vec2-base-960h
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(ModelError, match="unknown model 'whisper-tyni'; known: whisper-tiny.en"):
+        resolve("whisper-tyni")
+
+
+def test_random_weights_need_a_catalog_architecture(cache_dir, tmp_path):
+    engine = TransformersEngine(cache_dir)
+    with pytest.raises(ModelError, match="no catalog architecture"):
+        engine.load(resolve("someone/some-model"), "random", "fp32", "cpu")
