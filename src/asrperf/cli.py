@@ -189,9 +189,9 @@ def report(
 @app.command()
 def doctor() -> None:
     """List the engines, extras, data sources and devices usable on this machine, and why not."""
-    from asrperf.doctor import checks
-
     from rich.table import Table
+
+    from asrperf.doctor import checks
 
     t = Table(title="asrperf doctor")
     for col in ("component", "status", "detail"):
