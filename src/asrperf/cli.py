@@ -13,7 +13,8 @@ from rich.console import Console
 from asrperf.config import RunConfig, config_from_dict, default_config_dict, load_config
 from asrperf.errors import AsrperfError, ConfigError
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__,
+app = typer.Typer(add_completion=False, no_args_is_help=False,
+                  help="Benchmark and profile ASR models: measured latency, throughput, RTFx, memory and WER.",
                   context_settings={"help_option_names": ["-h", "--help"]})
 console = Console(stderr=True)
 # tables are wide (a column per model): when piped to a file, do not wrap them at 80 columns

@@ -1,0 +1,75 @@
+"""The report and export paths from a store built by a real (small) run, and `doctor`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from asrperf.config import config_from_dict
+from asrperf.report.tables import study_tables, to_markdown
+from asrperf.results.store import Store
+from asrperf.run.runner import run
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, cache_dir, tiny_source):
+    tmp = tmp_path_factory.mktemp("report")
+    cfg = config_from_dict({
+        "source": tiny_source,
+        "models": [{"name": "whisper-tiny.en", "weights": "real"}, {"name": "whisper-tiny", "weights": "random"}],
+        "timing": {"warmup_calls": 1, "min_calls": 2, "min_time_s": 0.0},
+        "run": {"clip_lengths_s": [5], "n_clips": 2, "store": str(tmp / "r.sqlite"), "cache_dir": str(cache_dir)},
+    })
+    assert run(cfg).failed == 0
+    return tmp / "r.sqlite"
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "asrperf", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_rows_carry_provenance_and_measurements(store):
+    with Store(store) as s:
+        rows = {r["model"]: r for r in s.rows()}
+    real, rnd = rows["whisper-tiny.en"], rows["whisper-tiny"]
+    assert real["weights"] == "real" and rnd["weights"] == "random"
+    assert 0 <= real["wer"] < 0.3 and real["wer_ci_low"] <= real["wer"] <= real["wer_ci_high"]
+    assert rnd["wer"] is None and "random weights" in rnd["wer_missing_reason"]
+    for r in (real, rnd):
+        assert r["n_calls"] == 2 and r["latency_s_min"] <= r["latency_s_p50"] <= r["latency_s_max"]
+        assert r["rtfx"] == pytest.approx(5.0 * r["n_calls"] / sum(s_ for s_ in Store(store).samples(r["run_id"], r["cell_key"])))
+        assert r["timed_region"] == ["feature_extraction", "host_to_device", "model_forward_and_decoding", "detokenize"]
+        assert r["threads"] >= 1 and r["peak_rss_bytes"] > 100 * 2**20 and r["isolated"] is True
+    assert rnd["tokens_per_audio_s"] == pytest.approx(3.0)
+    assert len(real["transcripts"]) == 2
+
+
+def test_study_table_shape(store):
+    with Store(store) as s:
+        tables = study_tables(s.rows())
+    assert len(tables) == 1 and tables[0].columns == ["whisper-tiny.en", "whisper-tiny"]
+    names = [name for name, _ in tables[0].rows]
+    assert "latency ms p50 (p90), b1, 5 s" in names and "WER % [95% CI], 5 s" in names
+    wer = dict(tables[0].rows)["WER % [95% CI], 5 s"]
+    assert wer[1] == "— (random weights)" and wer[0][0].isdigit()
+    md = to_markdown(tables)
+    assert "| metric | whisper-tiny.en | whisper-tiny |" in md
+
+
+def test_report_exports_csv_and_json(store, tmp_path):
+    res = _cli("report", "--store", str(store), "-f", "json", "-o", str(tmp_path / "rows.json"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert {r["model"] for r in rows} == {"whisper-tiny.en", "whisper-tiny"}
+    res = _cli("report", "--store", str(store), "-f", "csv", "-o", str(tmp_path / "rows.csv"), cwd=tmp_path)
+    assert res.returncode == 0 and (tmp_path / "rows.csv").read_text().count("\n") == 3
+    res = _cli("report", "--store", str(store), cwd=tmp_path)
+    assert res.returncode == 0 and "whisper-tiny.en" in res.stdout and "RTFx" in res.stdout
+
+
+def test_doctor_lists_engines_and_devices(tmp_path):
+    res = _cli("doctor", cwd=tmp_path)
+    assert res.returncode == 0
+    for component in ("engine transformers", "built-in TTS corpus", "cpu", "cuda"):
+        assert component in res.stdout
