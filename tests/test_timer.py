@@ -14,9 +14,10 @@ def _busy(seconds: float) -> None:
 
 @pytest.mark.parametrize("work", [time.sleep, _busy], ids=["sleep", "busy"])
 def test_timer_reads_known_work_within_a_few_percent(work):
-    # calibration: a 50 ms sleep (or busy loop) must read as 50 ms, not less, and not much more
-    dt, _ = time_once(lambda: work(0.05), lambda: None)
-    assert 0.05 <= dt < 0.05 * 1.05 + 0.002
+    # calibration: 200 ms of sleep (or busy loop) must read as 200 ms, not less, and at most a
+    # few percent more (the slack covers a scheduler wake-up on a loaded 2-core CI machine)
+    dt, _ = time_once(lambda: work(0.2), lambda: None)
+    assert 0.2 <= dt < 0.2 * 1.05
 
 
 def test_synchronize_is_inside_the_timed_interval():
@@ -45,4 +46,5 @@ def test_policy_stops_at_max_calls():
 def test_policy_stops_at_max_time_after_min_calls():
     policy = TimingConfig(warmup_calls=0, min_calls=2, min_time_s=100, max_calls=1000, max_time_s=0.05)
     out = time_calls(lambda i: time.sleep(0.02), lambda: None, policy)
-    assert 3 <= len(out.samples_s) <= 4
+    # stops at the first call count >= min_calls whose total reaches 0.05 s: 3 calls (2 if slow)
+    assert 2 <= len(out.samples_s) <= 3 and out.total_s >= 0.05
