@@ -42,8 +42,8 @@ W2V = {"name": "wav2vec2-base", "weights": "random"}
 
 
 def test_failed_cell_is_recorded_and_the_run_goes_on(tmp_path, cache_dir, tiny_source):
-    # a timeout too short for model loading fails every isolated cell, each recorded with its reason
-    cfg = config_from_dict(_config(tmp_path, cache_dir, tiny_source, [W2V], [3, 4], cell_timeout_s=0.5))
+    # a 50 ms timeout, too short to even load a model, fails every isolated cell, each recorded with its reason
+    cfg = config_from_dict(_config(tmp_path, cache_dir, tiny_source, [W2V], [3, 4], cell_timeout_s=0.05))
     summary = run(cfg)
     assert summary.ran == 2 and summary.failed == 2
     with Store(cfg.store) as s:
