@@ -42,6 +42,10 @@ def test_rows_carry_provenance_and_measurements(store):
         assert r["timed_region"] == ["feature_extraction", "host_to_device", "model_forward_and_decoding", "detokenize"]
         assert r["threads"] >= 1 and r["peak_rss_bytes"] > 100 * 2**20 and r["isolated"] is True
     assert rnd["tokens_per_audio_s"] == pytest.approx(3.0)
+    for r in (real, rnd):  # energy always says how it was obtained, and per-sample is derived once
+        assert r["energy_method"].startswith(("measured", "estimated"))
+        assert r["energy_j"] > 0 and r["energy_j_per_sample"] == pytest.approx(r["energy_j"] / r["n_calls"])
+        assert r["energy_j_per_audio_s"] == pytest.approx(r["energy_j"] / (5.0 * r["n_calls"]))
     assert len(real["transcripts"]) == 2
 
 
@@ -55,6 +59,8 @@ def test_study_table_shape(store):
     assert wer[1] == "— (random weights)" and wer[0][0].isdigit()
     md = to_markdown(tables)
     assert "| metric | whisper-tiny.en | whisper-tiny |" in md
+    energy = dict(tables[0].rows)["energy J/sample, b1, 5 s"]
+    assert all(v.endswith(("(measured)", "(estimated)")) for v in energy)
 
 
 def test_report_exports_csv_and_json(store, tmp_path):

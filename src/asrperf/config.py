@@ -18,7 +18,9 @@ import tomllib
 from asrperf.errors import ConfigError
 
 WEIGHTS_CHOICES = ("auto", "real", "random")
-DTYPE_CHOICES = ("fp32", "fp16", "bf16")
+# fp32/fp16/bf16 for every engine; the int8 CTranslate2 compute types for engine ct2 only
+# (an engine that cannot run a dtype says so when it loads)
+DTYPE_CHOICES = ("fp32", "fp16", "bf16", "int8", "int8_float32", "int8_float16", "int8_bfloat16")
 CLIP_MODES = ("exact", "loop")
 SCENARIOS = ("latency",)
 
@@ -64,6 +66,8 @@ class RunConfig:
     threads: tuple[int, ...] = (0,)  # 0: all cores of this machine (resolved at plan time)
     scenarios: tuple[str, ...] = ("latency",)
     accuracy: bool = True  # transcribe every clip once per cell and score WER (real weights only)
+    energy: bool = True  # joules over the timed calls: RAPL/NVML counters, else a labelled estimate
+    energy_idle_s: float = 1.0  # idle power measured this long before each window (measured readers only)
     timing: TimingConfig = TimingConfig()
     isolate: bool = True  # each cell in its own process
     cell_timeout_s: float = 1800.0

@@ -56,6 +56,17 @@ def _wer(r: dict[str, Any] | None) -> str:
     return f"{100 * r['wer']:.1f} [{100 * r['wer_ci_low']:.1f}–{100 * r['wer_ci_high']:.1f}]"
 
 
+def _energy(r: dict[str, Any] | None, key: str) -> str:
+    """Energy figures always carry their method: measured counters or a labelled estimate."""
+    if r is None:
+        return MISSING
+    if r.get("status") != "ok":
+        return "failed"
+    if r.get(key) is None:
+        return f"{MISSING} ({r['energy_missing_reason']})" if r.get("energy_missing_reason") else MISSING
+    return f"{r[key]:.3g} ({'measured' if r.get('energy_measured') else 'estimated'})"
+
+
 def _num(r: dict[str, Any] | None, key: str, fmt: str, scale: float = 1.0) -> str:
     if r is None:
         return MISSING
@@ -108,6 +119,13 @@ def _device_table(device: str, rows: list[dict[str, Any]]) -> Table:
     t.rows.append((f"RTFx, b{b1}, {longest:g} s", [_num(cell.get((c, longest, b1)), "rtfx", ".1f") for c in columns]))
     for length in lengths:
         t.rows.append((f"WER % [95% CI], {length:g} s", [_wer(cell.get((c, length, b1))) for c in columns]))
+    for b in batches:
+        t.rows.append((f"energy J/sample, b{b}, {longest:g} s",
+                       [_energy(cell.get((c, longest, b)), "energy_j_per_sample") for c in columns]))
+    t.rows.append((f"energy J/audio-s, b{b1}, {longest:g} s",
+                   [_energy(cell.get((c, longest, b1)), "energy_j_per_audio_s") for c in columns]))
+    t.rows.append((f"first call ms (cold), b{b1}, {longest:g} s",
+                   [_num(cell.get((c, longest, b1)), "first_call_s", ",.1f", 1000) for c in columns]))
     t.rows.append(("tokens per audio second", [_num(cell.get((c, longest, b1)), "tokens_per_audio_s", ".2f") for c in columns]))
     t.rows.append((f"peak RSS MiB, b{b1}, {longest:g} s",
                    [_num(cell.get((c, longest, b1)), "peak_rss_bytes", ",.0f", 1 / 2**20) for c in columns]))
@@ -127,6 +145,10 @@ def _device_table(device: str, rows: list[dict[str, Any]]) -> Table:
             f"timing: {pol.get('warmup_calls')} warm-up call(s) discarded, then >= {pol.get('min_calls')} calls and "
             f">= {pol.get('min_time_s')} s; latency = wall time per call (device synchronised)"
         )
+        methods = sorted({r["energy_method"] for r in ok if r.get("energy_method")})
+        for m in methods:
+            note = next(r.get("energy_note", "") for r in ok if r.get("energy_method") == m)
+            t.notes.append(f"energy: {m}" + (f" ({note})" if note else ""))
         t.notes.append("WER: corpus-level after Whisper English normalisation, 95% bootstrap CI over clips; "
                        "random-weight models have no WER")
     return t

@@ -153,6 +153,7 @@ def run(
                 "cell": cell.to_dict(), "cache_dir": cfg.cache_dir, "clip_key": keys[cell.clip_length_s],
                 "n_clips": cfg.n_clips, "timing": asdict(cfg.timing), "score": cfg.scores_accuracy,
                 "timed_region": TIMED_REGION, "isolated": cfg.isolate,
+                "energy": cfg.energy, "energy_idle_s": cfg.energy_idle_s,
             }
             started = time.time()
             row = run_isolated(payload, cfg.cell_timeout_s) if cfg.isolate else execute(payload)

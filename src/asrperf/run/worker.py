@@ -48,6 +48,20 @@ def _device_facts(engine: Any) -> dict[str, Any]:
     return facts
 
 
+def energy_readers(device: str, enabled: bool) -> tuple[list[Any], str | None]:
+    """The energy readers for a cell on `device`, or none with the reason energy is missing."""
+    if not enabled:
+        return [], "energy off (energy = false)"
+    from asrperf.errors import ConfigError
+    from asrperf.measure.energy import default_readers
+
+    gpus = [] if device == "cpu" else [int(device.partition(":")[2] or 0)]
+    try:
+        return default_readers(gpus), None
+    except ConfigError as exc:  # e.g. a GPU without readable NVML: missing, never a CPU-only number
+        return [], str(exc)
+
+
 def peak_rss_bytes() -> int:
     # ru_maxrss is in kilobytes on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -83,7 +97,15 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
         info = engine.info()
         # WER exists only for real weights: random outputs are noise, never a number to compare
         score = payload["score"] and info.get("weights") == "real"
-        metrics, timed = run_latency(engine, clips, cell["batch_size"], TimingConfig(**payload["timing"]), score)
+        readers, energy_missing = energy_readers(cell["device"], payload.get("energy", True))
+        # idle power only means something for real counters (the estimate has no idle draw), and
+        # its window must be at least as long as each counter's update period
+        measured = [r for r in readers if r.method.startswith("measured")]
+        idle_s = max([payload.get("energy_idle_s", 0.0)] + [r.min_window_s for r in measured]) if measured else 0.0
+        metrics, timed = run_latency(engine, clips, cell["batch_size"], TimingConfig(**payload["timing"]), score,
+                                     readers, idle_s)
+        if energy_missing:
+            row.update(energy_j=None, energy_missing_reason=energy_missing)
         row.update(engine.info())  # after the calls: long-form and token policy are known now
         row.update(metrics)
         if not score:

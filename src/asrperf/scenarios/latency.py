@@ -6,12 +6,14 @@ noise and the content of different clips of the same length.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from asrperf.config import TimingConfig
 from asrperf.data.clips import Clip
 from asrperf.engines.base import Engine
+from asrperf.measure.energy import EnergyReader, EnergyResult, measure_energy
 from asrperf.measure.stats import rtfx, summarize, throughput_samples_per_s
 from asrperf.measure.timer import TimedCalls, time_calls
 from asrperf.measure.wer import error_rates
@@ -27,15 +29,33 @@ def run_latency(
     batch_size: int,
     timing: TimingConfig,
     score: bool,
+    energy_readers: Sequence[EnergyReader] = (),
+    energy_idle_s: float = 0.0,
     on_call: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Any], TimedCalls]:
-    """Measure one cell; returns the metric fields of its row and the raw timings."""
+    """Measure one cell; returns the metric fields of its row and the raw timings.
+
+    With energy readers, the timed calls (warm-up excluded) run inside one energy window, made
+    at least as long as the slowest reader's update period by raising the minimum timed time.
+    """
     rate = clips[0].sample_rate
 
     def call(i: int):
         return engine.transcribe([c.audio for c in batch_for_call(clips, batch_size, i)], rate)
 
-    timed = time_calls(call, engine.synchronize, timing, on_call)
+    energy: EnergyResult | None = None
+    if energy_readers:
+        min_window_s = max(r.min_window_s for r in energy_readers)
+        timing = dataclasses.replace(timing, min_time_s=max(timing.min_time_s, min_window_s))
+        warm = dataclasses.replace(timing, min_calls=0, min_time_s=0.0, max_calls=0)
+        warmup = time_calls(call, engine.synchronize, warm)  # warm-up outside the energy window
+        with measure_energy(energy_readers, idle_s=energy_idle_s) as meter:
+            timed = time_calls(lambda i: call(i + len(warmup.warmup_s)), engine.synchronize,
+                               dataclasses.replace(timing, warmup_calls=0, warmup_min_s=0.0), on_call)
+        timed.warmup_s = warmup.warmup_s
+        energy = meter.result
+    else:
+        timed = time_calls(call, engine.synchronize, timing, on_call)
     # the first warm-up call is the cold first call; with no warm-up, the first timed call is
     first_call_s = (timed.warmup_s or timed.samples_s)[0]
     stats = summarize(timed.samples_s)
@@ -52,6 +72,8 @@ def run_latency(
         tokens_per_call_mean=sum(tokens) / len(tokens),
         tokens_per_audio_s=sum(tokens) / (audio_s * n),
     )
+    if energy is not None:
+        row.update(energy_fields(energy, batch_size * n, audio_s * n))
     if score:
         # decoding is deterministic (greedy), so the timed calls' outputs are the transcripts;
         # only clips the timed calls did not reach are transcribed again
@@ -62,6 +84,20 @@ def run_latency(
                 seen.setdefault(((first_timed + k) * batch_size + j) % len(clips), text)
         row.update(accuracy(engine, clips, batch_size, seen))
     return row, timed
+
+
+def energy_fields(e: EnergyResult, samples: int, audio_s: float) -> dict[str, Any]:
+    """Row fields of one energy window: gross and (with idle power) idle-subtracted, with units."""
+    out: dict[str, Any] = {
+        "energy_j": e.energy_j, "energy_window_s": e.window_s, "energy_method": e.method,
+        "energy_measured": e.measured, "energy_note": e.note, "energy_window_ok": e.window_ok,
+        "energy_domains_j": e.domains, "energy_j_per_sample": e.j_per_sample(samples),
+        "energy_j_per_audio_s": e.j_per_audio_s(audio_s), "idle_power_w": e.idle_w,
+    }
+    if e.idle_w is not None:
+        out.update(energy_net_j_per_sample=e.j_per_sample(samples, net=True),
+                   energy_net_j_per_audio_s=e.j_per_audio_s(audio_s, net=True))
+    return out
 
 
 def accuracy(engine: Engine, clips: list[Clip], batch_size: int, known: dict[int, str] | None = None) -> dict[str, Any]:
