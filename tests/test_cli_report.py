@@ -79,3 +79,14 @@ def test_doctor_lists_engines_and_devices(tmp_path):
     assert res.returncode == 0
     for component in ("engine transformers", "built-in TTS corpus", "cpu", "cuda"):
         assert component in res.stdout
+
+
+def test_a_decoding_mismatch_between_columns_is_flagged():
+    base = {"status": "ok", "device": "cpu", "engine": "transformers", "dtype": "fp32", "clip_length_s": 5.0,
+            "batch_size": 1, "latency_s_p50": 1.0, "latency_s_p90": 1.0, "n_calls": 3}
+    rows = [{**base, "model": "a", "decoding": "greedy (num_beams=1), temperature 0, no fallback"},
+            {**base, "model": "b", "engine": "ct2", "decoding": "beam 5, temperature fallback"}]
+    notes = study_tables(rows)[0].notes
+    assert any(n.startswith("WARNING: decoding settings differ") for n in notes)
+    same = study_tables([rows[0], {**rows[1], "decoding": rows[0]["decoding"]}])[0].notes
+    assert not any("differ" in n for n in same)

@@ -14,6 +14,8 @@ import numpy as np
 # Inside the timer, for every engine (DESIGN.md "Timed region"): clips are already decoded and
 # resampled; the call covers everything from waveform to text.
 TIMED_REGION = ("feature_extraction", "host_to_device", "model_forward_and_decoding", "detokenize")
+# The decoding every engine runs by default, in one wording, so the report can flag a mismatch.
+GREEDY_DECODING = "greedy (num_beams=1), temperature 0, no fallback"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from asrperf.engines.base import Engine, ModelSpec, Transcription
+from asrperf.engines.base import GREEDY_DECODING, Engine, ModelSpec, Transcription
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
 from asrperf.engines.hf import WINDOW_SAMPLES
 from asrperf.errors import ModelError, require
@@ -202,7 +202,7 @@ class CTranslate2Engine(Engine):
             compute_type=self.model.model.compute_type,  # what CTranslate2 actually runs ("int8" -> "int8_float32")
             device=device,
             cpu_threads=threads,
-            decoding="greedy (num_beams=1), temperature 0, no fallback",
+            decoding=GREEDY_DECODING,
             tokens_policy="real (the model's own end-of-text)",
         )
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from asrperf.data.audio import SAMPLE_RATE
-from asrperf.engines.base import Engine, ModelSpec, Transcription
+from asrperf.engines.base import GREEDY_DECODING, Engine, ModelSpec, Transcription
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
 from asrperf.errors import ConfigError, ModelError, require
 
@@ -111,7 +111,7 @@ class TransformersEngine(Engine):
             n_params=n_params,
             dtype=dtype,
             device=str(self.device),
-            decoding="greedy (num_beams=1), temperature 0, no fallback",
+            decoding=GREEDY_DECODING,
         )
 
     def _family_of(self, path: str | Path) -> str:

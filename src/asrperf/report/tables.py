@@ -145,6 +145,9 @@ def _device_table(device: str, rows: list[dict[str, Any]]) -> Table:
             f"timing: {pol.get('warmup_calls')} warm-up call(s) discarded, then >= {pol.get('min_calls')} calls and "
             f">= {pol.get('min_time_s')} s; latency = wall time per call (device synchronised)"
         )
+        decodings = sorted({str(r.get("decoding")) for r in ok})
+        if len(decodings) > 1:  # comparing engines is only fair with the same decoding settings
+            t.notes.append("WARNING: decoding settings differ between columns: " + " | ".join(decodings))
         methods = sorted({r["energy_method"] for r in ok if r.get("energy_method")})
         for m in methods:
             note = next(r.get("energy_note", "") for r in ok if r.get("energy_method") == m)
