@@ -90,3 +90,13 @@ def test_a_decoding_mismatch_between_columns_is_flagged():
     assert any(n.startswith("WARNING: decoding settings differ") for n in notes)
     same = study_tables([rows[0], {**rows[1], "decoding": rows[0]["decoding"]}])[0].notes
     assert not any("differ" in n for n in same)
+
+
+def test_missing_extra_message_keeps_the_extra_name(tmp_path):
+    # rich markup would swallow "[ct2]" in "pip install 'asrperf[ct2]'": the fix must reach the user
+    code = ("import sys; from asrperf.errors import MissingExtraError; import asrperf.cli as c\n"
+            "@c.app.command()\ndef boom():\n    raise MissingExtraError('ctranslate2', 'engine ct2', 'ct2')\n"
+            "sys.argv=['asrperf','boom']; c.main()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "pip install 'asrperf[ct2]'" in res.stderr

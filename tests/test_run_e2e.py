@@ -110,6 +110,8 @@ def test_resume_after_kill_9_loses_and_duplicates_nothing(tmp_path, cache_dir, t
         (["run", "--lengths", "5,x"], "--lengths: '5,x' is not a comma-separated list"),
         (["run", "--device", "gpu"], "devices: 'gpu' is not a device"),
         (["report", "--store", "missing.sqlite"], "no results store at missing.sqlite"),
+        # a dtype only CTranslate2 runs, asked of an engine that cannot: names both and the fix
+        (["run", "-m", "whisper-tiny", "--dtype", "fp8"], "models.dtype: 'fp8' is not one of"),
     ],
 )
 def test_bad_input_is_a_one_line_error(tmp_path, args, message):

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages hold "asrperf[ct2]"-style extras that rich would eat as markup
 
 from asrperf.config import RunConfig, config_from_dict, default_config_dict, load_config
 from asrperf.errors import AsrperfError, ConfigError
@@ -116,9 +117,9 @@ def run(
             progress.update(prep, visible=False)
             label = f"{cell.model.display} {cell.clip_length_s:g} s b{cell.batch_size} {cell.device}"
             progress.update(cells_task, visible=True, total=n, completed=i + (state != "running"),
-                            description=f"{label}: {state}"[:100])
+                            description=escape(f"{label}: {state}"[:100]))
             if state.startswith("failed"):
-                console.print(f"[red]{label}: {state}[/red]")
+                console.print(f"[red]{escape(label)}: {escape(state)}[/red]")
 
         summary = run_cells(cfg, retry_failed=retry_failed, on_cell=on_cell, on_prepare=on_prepare)
     console.print(f"run {summary.run_id}: {summary.ran} cell(s) measured, {summary.skipped} already done, "
@@ -202,7 +203,7 @@ def doctor() -> None:
     for col in ("component", "status", "detail"):
         t.add_column(col)
     for name, ok, detail in checks():
-        t.add_row(name, "[green]ok[/green]" if ok else "[red]missing[/red]", detail)
+        t.add_row(name, "[green]ok[/green]" if ok else "[red]missing[/red]", escape(detail))
     out.print(t)
 
 
@@ -211,7 +212,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except AsrperfError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

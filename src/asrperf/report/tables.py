@@ -160,17 +160,18 @@ def _device_table(device: str, rows: list[dict[str, Any]]) -> Table:
 def render_rich(tables: list[Table]):
     """rich renderables for the terminal."""
     from rich.console import Group
+    from rich.markup import escape  # values come from data: never let them act as rich markup
     from rich.table import Table as RichTable
     from rich.text import Text
 
     out = []
     for t in tables:
-        rt = RichTable(title=t.title, title_justify="left", show_lines=False)
+        rt = RichTable(title=escape(t.title), title_justify="left", show_lines=False)
         rt.add_column("metric", style="bold")
         for c in t.columns:
-            rt.add_column(c, overflow="fold")
+            rt.add_column(escape(c), overflow="fold")
         for name, cells in t.rows:
-            rt.add_row(name, *cells)
+            rt.add_row(escape(name), *(escape(c) for c in cells))
         out.append(rt)
         for n in dict.fromkeys(t.notes):
             out.append(Text(n, style="dim"))
