@@ -43,6 +43,43 @@ def _w2v2(hidden: int, layers: int, heads: int, large: bool, model_type: str = "
     }
 
 
+def _w2v2_conformer(hidden: int, layers: int, heads: int, position: str) -> dict:
+    # the published conformer checkpoints are all "large": layer-norm feature extractor, conv bias
+    # (there is no do_stable_layer_norm: conformer blocks are always pre-norm)
+    return {
+        "model_type": "wav2vec2-conformer",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": 4 * hidden,
+        "feat_extract_norm": "layer",
+        "conv_bias": True,
+        "position_embeddings_type": position,
+        "conv_depthwise_kernel_size": 31,
+        "vocab_size": 32,
+    }
+
+
+def _parakeet_ctc(layers: int, hidden: int = 1024, heads: int = 8, vocab: int = 1025) -> dict:
+    # NeMo FastConformer: 80 mel bins, 8x depthwise-conv subsampling (256 channels), conv kernel 9,
+    # 4x FFN. The CTC head has the 1024 SentencePiece pieces + 1 blank, the blank last (= pad id).
+    return {
+        "model_type": "parakeet_ctc",
+        "vocab_size": vocab,
+        "pad_token_id": vocab - 1,
+        "encoder_config": {
+            "hidden_size": hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "intermediate_size": 4 * hidden,
+            "conv_kernel_size": 9,
+            "subsampling_factor": 8,
+            "subsampling_conv_channels": 256,
+            "num_mel_bins": 80,
+        },
+    }
+
+
 CATALOG: dict[str, ModelSpec] = {
     "whisper-tiny.en": ModelSpec("whisper-tiny.en", "whisper", "openai/whisper-tiny.en", _whisper(384, 4, 6, vocab=51864), True),
     "whisper-tiny": ModelSpec("whisper-tiny", "whisper", "openai/whisper-tiny", _whisper(384, 4, 6)),
@@ -57,10 +94,18 @@ CATALOG: dict[str, ModelSpec] = {
     "wav2vec2-base": ModelSpec("wav2vec2-base", "ctc", "facebook/wav2vec2-base-960h", _w2v2(768, 12, 12, False), True),
     "wav2vec2-large": ModelSpec("wav2vec2-large", "ctc", "facebook/wav2vec2-large-960h-lv60-self", _w2v2(1024, 24, 16, True), True),
     "hubert-large": ModelSpec("hubert-large", "ctc", "facebook/hubert-large-ls960-ft", _w2v2(1024, 24, 16, True, "hubert"), True),
+    "wav2vec2-conformer-large": ModelSpec(
+        "wav2vec2-conformer-large", "ctc", "facebook/wav2vec2-conformer-rope-large-960h-ft",
+        _w2v2_conformer(1024, 24, 16, "rotary"), True,
+    ),
+    # 0.6b = FastConformer-Large (24 layers), 1.1b = FastConformer-XXL (42 layers), same width
+    "parakeet-ctc-0.6b": ModelSpec("parakeet-ctc-0.6b", "ctc", "nvidia/parakeet-ctc-0.6b", _parakeet_ctc(24), True),
+    "parakeet-ctc-1.1b": ModelSpec("parakeet-ctc-1.1b", "ctc", "nvidia/parakeet-ctc-1.1b", _parakeet_ctc(42), True),
 }
 
 # model_type in a checkpoint's config.json -> family; decides the decoding path, never the name
-FAMILY_BY_MODEL_TYPE = {"whisper": "whisper", "wav2vec2": "ctc", "hubert": "ctc", "wav2vec2-conformer": "ctc", "wavlm": "ctc"}
+FAMILY_BY_MODEL_TYPE = {"whisper": "whisper", "wav2vec2": "ctc", "hubert": "ctc", "wav2vec2-conformer": "ctc", "wavlm": "ctc",
+                        "parakeet_ctc": "ctc"}
 
 
 def resolve(name: str) -> ModelSpec:

@@ -18,15 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import struct
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from asrperf.cache import build_once
 from asrperf.engines.base import GREEDY_DECODING, Engine, ModelSpec, Transcription
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
 from asrperf.engines.hf import WINDOW_SAMPLES
@@ -128,14 +127,8 @@ def convert_checkpoint(checkpoint: Path, cache_dir: Path) -> Path:
     """
     ct2 = require("ctranslate2", "engine ct2", "ct2")
     final = Path(cache_dir) / f"ct2-{_conversion_key(checkpoint, ct2.__version__)}"
-    if (final / "model.bin").is_file():
-        return final
-    if final.exists():  # only a rename creates it, so someone else put or changed files there
-        raise ModelError(f"{final}: exists but holds no model.bin; delete the directory to reconvert")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        os.chmod(staging, 0o755)  # mkdtemp makes it owner-only; the cache is meant to be readable
+
+    def build(staging: Path) -> None:
         copy = [f for f in SIDE_FILES if (checkpoint / f).is_file()]
         try:
             from ctranslate2.converters import TransformersConverter
@@ -146,15 +139,8 @@ def convert_checkpoint(checkpoint: Path, cache_dir: Path) -> Path:
                              f"convert it yourself with ct2-transformers-converter and pass that directory") from exc
         if "tokenizer.json" not in copy:
             _write_tokenizer_json(checkpoint, staging)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if not (final / "model.bin").is_file():  # not a lost race with another process
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return final
+
+    return build_once(final, "model.bin", build)
 
 
 class CTranslate2Engine(Engine):

@@ -27,9 +27,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import struct
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from asrperf.cache import build_once
 from asrperf.errors import ModelError, require
 
 if TYPE_CHECKING:  # transformers is imported lazily: reading model.bin needs only numpy
@@ -569,21 +568,4 @@ def ensure_tiny_en_hf(cache_dir: Path) -> Path:
     ct2_dir = bundled_tiny_en_dir()
     cache_dir = Path(cache_dir)
     final = cache_dir / f"hf-whisper-tiny.en-{_cache_key(ct2_dir)}"
-    if (final / "model.safetensors").is_file():
-        return final
-    if final.exists():  # only a rename creates it, so someone else put or changed files there
-        raise ModelError(f"{final}: exists but holds no model.safetensors; delete the directory to reconvert")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
-    try:
-        os.chmod(staging, 0o755)  # mkdtemp makes it owner-only; the cache is meant to be readable
-        convert_ct2_whisper(ct2_dir, staging)
-        try:
-            os.rename(staging, final)
-        except OSError:
-            if not (final / "model.safetensors").is_file():  # not a lost race with another process
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return final
+    return build_once(final, "model.safetensors", lambda staging: convert_ct2_whisper(ct2_dir, staging))

@@ -1,10 +1,11 @@
-"""transformers engine: Whisper (seq2seq) and CTC models (wav2vec2, HuBERT, ...).
+"""transformers engine: Whisper (seq2seq) and CTC models (wav2vec2, HuBERT, Wav2Vec2-Conformer, Parakeet).
 
 torch and transformers are imported inside methods: importing this module costs nothing.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import tempfile
@@ -51,7 +52,8 @@ def _random_fill(model: Any, seed: int = 0) -> None:
     block = torch.randn(1 << 20, generator=gen) * RANDOM_INIT_STD
     with torch.no_grad():
         for module in model.modules():
-            norm = isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm))
+            # conformer convolution modules use BatchNorm: unit running variance, as at init
+            norm = isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm))
             for pname, p in module.named_parameters(recurse=False):
                 if norm:
                     p.fill_(1.0 if pname == "weight" else 0.0)
@@ -59,8 +61,29 @@ def _random_fill(model: Any, seed: int = 0) -> None:
                 flat = p.view(-1)
                 reps = math.ceil(flat.numel() / block.numel())
                 flat.copy_(block.repeat(reps)[: flat.numel()].to(p.dtype))
-            for _, b in module.named_buffers(recurse=False):
-                b.zero_()
+            for bname, b in module.named_buffers(recurse=False):
+                b.fill_(1.0) if bname == "running_var" else b.zero_()
+
+
+def _piece_vocab(size: int, blank: int) -> list[str]:
+    """A stand-in subword vocabulary of `size` entries with the CTC blank ("<pad>") at `blank`.
+
+    Random weights have no real tokenizer; what matters is that ids decode to text inside the
+    timed call at the real vocabulary size. Pieces are two-letter strings, about the length of
+    SentencePiece pieces; "|" is the word delimiter, as in the character vocabulary.
+    """
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    pairs = (a + b for a in letters for b in letters)
+    triples = (a + b + c for a in letters for b in letters for c in letters)
+    pieces = list(itertools.islice(itertools.chain(["<unk>", "|"], pairs, triples), size - 1))
+    return [*pieces[:blank], "<pad>", *pieces[blank:]]
+
+
+def _ctc_tokenizer(tf: Any, vocab: list[str]) -> Any:
+    """A CTC tokenizer over `vocab`: batch_decode collapses repeats and drops blanks, as CTC needs."""
+    vocab_dir = Path(tempfile.mkdtemp(prefix="asrperf-ctc-vocab-"))
+    (vocab_dir / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(vocab)}))
+    return tf.Wav2Vec2CTCTokenizer(str(vocab_dir / "vocab.json"))
 
 
 class TransformersEngine(Engine):
@@ -178,14 +201,17 @@ class TransformersEngine(Engine):
             # tiny.en's tokenizer (bundled offline) detokenises; ids it lacks decode to nothing
             tok_dir = _bundled_sources(self.cache_dir)["openai/whisper-tiny.en"]()
             tok = tf.WhisperTokenizerFast.from_pretrained(str(tok_dir))
+        elif model_type == "parakeet_ctc":
+            # FastConformer takes 80-bin log-mel frames (input_features), not the raw waveform
+            fe = tf.ParakeetFeatureExtractor(feature_size=config.encoder_config.num_mel_bins, sampling_rate=SAMPLE_RATE)
+            tok = _ctc_tokenizer(tf, _piece_vocab(config.vocab_size, config.pad_token_id))
         else:
+            # only layer-norm ("large") feature encoders are trained with an attention mask
             fe = tf.Wav2Vec2FeatureExtractor(
                 feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True,
-                return_attention_mask=bool(arch.get("do_stable_layer_norm")),
+                return_attention_mask=arch.get("feat_extract_norm") == "layer",
             )
-            vocab_dir = Path(tempfile.mkdtemp(prefix="asrperf-ctc-vocab-"))
-            (vocab_dir / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(CTC_VOCAB)}))
-            tok = tf.Wav2Vec2CTCTokenizer(str(vocab_dir / "vocab.json"))
+            tok = _ctc_tokenizer(tf, CTC_VOCAB)
         return model, fe, tok
 
     # -- the timed call ----------------------------------------------------------------------
@@ -199,9 +225,11 @@ class TransformersEngine(Engine):
 
     def _ctc(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
         feats = self.fe(audios, sampling_rate=sample_rate, return_tensors="pt", padding="longest")
-        inputs = {"input_values": feats.input_values.to(self.device, self.dtype)}
-        if "attention_mask" in feats:
-            inputs["attention_mask"] = feats.attention_mask.to(self.device)
+        # the feature extractor names the model's inputs: raw input_values (wav2vec2 family) or
+        # mel input_features (Parakeet), each with an optional attention_mask; only the first is float
+        main, *rest = self.fe.model_input_names
+        inputs = {main: feats[main].to(self.device, self.dtype)}
+        inputs.update({name: feats[name].to(self.device) for name in rest if name in feats})
         logits = self.model(**inputs).logits
         ids = logits.argmax(dim=-1)
         texts = self.tok.batch_decode(ids)
