@@ -131,3 +131,20 @@ def test_wrong_column_names_the_column(tmp_path, cache_dir):
     res = _cli("run", "--manifest", "m.csv", "-m", "wav2vec2-base", "--cache-dir", str(cache_dir), cwd=tmp_path)
     assert res.returncode == 2
     assert "audio" in res.stderr and "path, sentence" in res.stderr.replace("'", "")
+
+
+def test_max_throughput_scenario_searches_batches(tmp_path, cache_dir, tiny_source):
+    cfg = config_from_dict(_config(tmp_path, cache_dir, tiny_source, [W2V], [3],
+                                   scenarios=["max_throughput"], max_batch=4))
+    assert run(cfg).failed == 0
+    with Store(cfg.store) as s:
+        (row,) = s.rows()
+    assert row["scenario"] == "max_throughput" and row["batch_size"] == 0
+    tried = [p["batch_size"] for p in row["max_throughput_probes"]]
+    assert tried[:2] == [1, 2] and max(tried) <= 4
+    assert row["max_throughput_batch_size"] in tried
+    assert row["max_throughput_stop_reason"] in ("plateau", "max_batch")
+    from asrperf.report.tables import study_tables
+
+    mt = dict(study_tables([row])[0].rows)["max throughput samples/s, 3 s"]
+    assert mt[0].startswith(f"{row['max_throughput_samples_per_s']:.2f} at b{row['max_throughput_batch_size']}")

@@ -22,7 +22,7 @@ WEIGHTS_CHOICES = ("auto", "real", "random")
 # (an engine that cannot run a dtype says so when it loads)
 DTYPE_CHOICES = ("fp32", "fp16", "bf16", "int8", "int8_float32", "int8_float16", "int8_bfloat16")
 CLIP_MODES = ("exact", "loop")
-SCENARIOS = ("latency",)
+SCENARIOS = ("latency", "max_throughput")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ class RunConfig:
     accuracy: bool = True  # transcribe every clip once per cell and score WER (real weights only)
     energy: bool = True  # joules over the timed calls: RAPL/NVML counters, else a labelled estimate
     energy_idle_s: float = 1.0  # idle power measured this long before each window (measured readers only)
+    max_batch: int = 64  # max_throughput scenario: largest batch the search may try
+    memory_budget_gib: float = 0.0  # max_throughput scenario: stop before this much device memory (0: none)
     timing: TimingConfig = TimingConfig()
     isolate: bool = True  # each cell in its own process
     cell_timeout_s: float = 1800.0

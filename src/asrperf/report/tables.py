@@ -84,17 +84,30 @@ def study_tables(rows: Iterable[dict[str, Any]]) -> list[Table]:
     return [_device_table(device, rs) for device, rs in by_device.items()]
 
 
-def _device_table(device: str, rows: list[dict[str, Any]]) -> Table:
+def _max_throughput(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return MISSING
+    if r.get("status") != "ok":
+        return "failed"
+    if r.get("max_throughput_samples_per_s") is None:
+        return f"{MISSING} (no batch succeeded: {r.get('max_throughput_stop_reason')})"
+    return (f"{r['max_throughput_samples_per_s']:.2f} at b{r['max_throughput_batch_size']} "
+            f"(stop: {r['max_throughput_stop_reason']})")
+
+
+def _device_table(device: str, all_rows: list[dict[str, Any]]) -> Table:
     columns: list[str] = []
-    for r in rows:
+    for r in all_rows:
         if column_label(r) not in columns:
             columns.append(column_label(r))
+    searched = {(column_label(r), r["clip_length_s"]): r for r in all_rows if r.get("scenario") == "max_throughput"}
+    rows = [r for r in all_rows if r.get("scenario", "latency") == "latency"]
     cell: dict[tuple[str, float, int], dict[str, Any]] = {}
     for r in rows:
         cell[(column_label(r), r["clip_length_s"], r["batch_size"])] = r
-    lengths = sorted({r["clip_length_s"] for r in rows})
-    batches = sorted({r["batch_size"] for r in rows})
-    ok = [r for r in rows if r.get("status") == "ok"]
+    lengths = sorted({r["clip_length_s"] for r in rows}) or sorted({length for _, length in searched})
+    batches = sorted({r["batch_size"] for r in rows}) or [1]
+    ok = [r for r in all_rows if r.get("status") == "ok"]
     device_name = next((r.get("device_name") for r in ok if r.get("device_name")), device)
     t = Table(f"{device}: {device_name}", [_short_labels(columns)[c] for c in columns])
 
@@ -116,6 +129,9 @@ def _device_table(device: str, rows: list[dict[str, Any]]) -> Table:
     for b in batches:
         t.rows.append((f"throughput samples/s, b{b}, {longest:g} s",
                        [_num(cell.get((c, longest, b)), "throughput_samples_per_s", ".2f") for c in columns]))
+    for length in sorted({length for _, length in searched}):
+        t.rows.append((f"max throughput samples/s, {length:g} s",
+                       [_max_throughput(searched.get((c, length))) for c in columns]))
     t.rows.append((f"RTFx, b{b1}, {longest:g} s", [_num(cell.get((c, longest, b1)), "rtfx", ".1f") for c in columns]))
     for length in lengths:
         t.rows.append((f"WER % [95% CI], {length:g} s", [_wer(cell.get((c, length, b1))) for c in columns]))
@@ -130,7 +146,7 @@ def _device_table(device: str, rows: list[dict[str, Any]]) -> Table:
     t.rows.append((f"peak RSS MiB, b{b1}, {longest:g} s",
                    [_num(cell.get((c, longest, b1)), "peak_rss_bytes", ",.0f", 1 / 2**20) for c in columns]))
     t.rows.append(("load s", [_num(cell.get((c, longest, b1)), "load_s", ".2f") for c in columns]))
-    for r in rows:
+    for r in all_rows:
         if r.get("status") != "ok":
             t.notes.append(f"failed: {column_label(r)} {r['clip_length_s']:g} s batch {r['batch_size']}: {r.get('error')}")
         elif r.get("weights_note"):

@@ -36,12 +36,17 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+SEARCHED_BATCH = 0  # batch_size of a max_throughput cell: the search chooses the batches
+
+
 def expand(cfg: RunConfig) -> list[Cell]:
-    """All cells, grouped by model so a run's table fills model by model; threads 0 = all usable cores."""
+    """All cells, grouped by model so a run's table fills model by model; threads 0 = all usable cores.
+
+    A max_throughput cell has no batch axis: it searches batch sizes itself.
+    """
     threads = sorted({t or usable_cores() for t in cfg.threads})
-    return [
-        Cell(m, d, t, length, b, s)
-        for m, d, t, s, b, length in itertools.product(
-            cfg.models, cfg.devices, threads, cfg.scenarios, cfg.batch_sizes, cfg.clip_lengths_s
-        )
-    ]
+    cells = []
+    for m, d, t, s in itertools.product(cfg.models, cfg.devices, threads, cfg.scenarios):
+        batches = (SEARCHED_BATCH,) if s == "max_throughput" else cfg.batch_sizes
+        cells += [Cell(m, d, t, length, b, s) for b in batches for length in cfg.clip_lengths_s]
+    return cells

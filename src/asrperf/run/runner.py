@@ -154,6 +154,7 @@ def run(
                 "n_clips": cfg.n_clips, "timing": asdict(cfg.timing), "score": cfg.scores_accuracy,
                 "timed_region": TIMED_REGION, "isolated": cfg.isolate,
                 "energy": cfg.energy, "energy_idle_s": cfg.energy_idle_s,
+                "max_batch": cfg.max_batch, "memory_budget_bytes": int(cfg.memory_budget_gib * 2**30) or None,
             }
             started = time.time()
             row = run_isolated(payload, cfg.cell_timeout_s) if cfg.isolate else execute(payload)

@@ -99,6 +99,12 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
         info = engine.info()
         # WER exists only for real weights: random outputs are noise, never a number to compare
         score = payload["score"] and info.get("weights") == "real"
+        if cell["scenario"] == "max_throughput":
+            row.update(engine.info())
+            row.update(_max_throughput(engine, clips, cell["device"], TimingConfig(**payload["timing"]), payload))
+            row.update(status="ok", timed_region=list(payload["timed_region"]), n_clips=len(clips),
+                       timing_policy=payload["timing"])
+            return _finish(row, engine, cell)
         readers, energy_missing = energy_readers(cell["device"], payload.get("energy", True))
         # idle power only means something for real counters (the estimate has no idle draw), and
         # its window must be at least as long as each counter's update period
@@ -126,9 +132,27 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # a crashing cell is recorded, the run goes on
         last = traceback.extract_tb(exc.__traceback__)[-1]
         row.update(status="failed", error=f"{type(exc).__name__}: {exc} (at {last.filename}:{last.lineno})".replace("\n", " "))
+    return _finish(row, engine, cell)
+
+
+def _finish(row: dict[str, Any], engine: Any, cell: dict[str, Any]) -> dict[str, Any]:
     row.update(_device_facts(engine, cell["device"]))
     row["peak_rss_bytes"] = peak_rss_bytes()
     return row
+
+
+def _max_throughput(engine: Any, clips: list, device: str, timing: TimingConfig, payload: dict) -> dict[str, Any]:
+    """Search batch sizes for the best samples/s (DESIGN.md "Max throughput")."""
+    from asrperf.scenarios.max_throughput import SearchPolicy, measure_with_engine, search
+
+    peak, reset = None, None
+    torch = sys.modules.get("torch")
+    if device.startswith("cuda") and torch is not None:  # device memory is what runs out there
+        index = torch.device(device).index or 0
+        peak, reset = (lambda: torch.cuda.max_memory_allocated(index)), (lambda: torch.cuda.reset_peak_memory_stats(index))
+    policy = SearchPolicy(max_batch=payload.get("max_batch", 64), memory_budget_bytes=payload.get("memory_budget_bytes"))
+    result = search(measure_with_engine(engine, clips, timing, peak, reset), policy)
+    return result.to_row()
 
 
 def main(argv: list[str]) -> int:
