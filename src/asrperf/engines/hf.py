@@ -62,15 +62,18 @@ def _random_fill(model: Any, seed: int = 0) -> None:
                 reps = math.ceil(flat.numel() / block.numel())
                 flat.copy_(block.repeat(reps)[: flat.numel()].to(p.dtype))
             for bname, b in module.named_buffers(recurse=False):
-                b.fill_(1.0) if bname == "running_var" else b.zero_()
+                if bname == "running_var":
+                    b.fill_(1.0)
+                else:
+                    b.zero_()
 
 
 def _piece_vocab(size: int, blank: int) -> list[str]:
     """A stand-in subword vocabulary of `size` entries with the CTC blank ("<pad>") at `blank`.
 
     Random weights have no real tokenizer; what matters is that ids decode to text inside the
-    timed call at the real vocabulary size. Pieces are two-letter strings, about the length of
-    SentencePiece pieces; "|" is the word delimiter, as in the character vocabulary.
+    timed call at the real vocabulary size. Pieces are two- and three-letter strings, about the
+    length of SentencePiece pieces; "|" is the word delimiter, as in the character vocabulary.
     """
     letters = "abcdefghijklmnopqrstuvwxyz"
     pairs = (a + b for a in letters for b in letters)
