@@ -17,11 +17,12 @@ from asrperf.run.runner import run, run_isolated
 FAST_TIMING = {"warmup_calls": 0, "min_calls": 1, "min_time_s": 0.0, "max_calls": 1}
 
 
-def _config(tmp_path: Path, cache_dir: Path, source: dict, models: list, lengths: list, **run_kw) -> dict:
+def _config(tmp_path: Path, cache_dir: Path, source: dict, models: list, lengths: list, timing: dict = FAST_TIMING,
+            **run_kw) -> dict:
     return {
         "source": source,
         "models": models,
-        "timing": FAST_TIMING,
+        "timing": timing,
         "run": {"clip_lengths_s": lengths, "n_clips": 1, "store": str(tmp_path / "r.sqlite"),
                 "cache_dir": str(cache_dir), **run_kw},
     }
@@ -148,3 +149,37 @@ def test_max_throughput_scenario_searches_batches(tmp_path, cache_dir, tiny_sour
 
     mt = dict(study_tables([row])[0].rows)["max throughput samples/s, 3 s"]
     assert mt[0].startswith(f"{row['max_throughput_samples_per_s']:.2f} at b{row['max_throughput_batch_size']}")
+
+
+def test_a_killed_runner_leaves_no_cell_process_behind(tmp_path, cache_dir, tiny_source):
+    # the cell's process is the fork server's child: it must notice the runner is gone and stop
+    config = _toml(tmp_path / "run.toml", _config(tmp_path, cache_dir, tiny_source, [W2V], [60],
+                                                  timing={"warmup_calls": 0, "min_calls": 50, "min_time_s": 600}))
+    proc = subprocess.Popen([sys.executable, "-m", "asrperf", "run", str(config)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def children(pids: set[int]) -> set[int]:
+        out = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) in pids:  # field 4 of /proc/PID/stat: the parent pid
+                out.add(int(stat.parent.name))
+        return out
+
+    def cells() -> set[int]:  # the runner's fork server's children
+        return children(children({proc.pid}))
+
+    deadline = time.time() + 120
+    while time.time() < deadline and not cells():
+        time.sleep(0.5)
+    running = cells()
+    assert running, "no cell process started"
+    proc.kill()  # SIGKILL: the runner gets no chance to clean up
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in running):
+        time.sleep(0.5)
+    assert not any(Path(f"/proc/{p}").exists() for p in running), "a cell kept running without its runner"

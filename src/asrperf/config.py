@@ -68,6 +68,7 @@ class RunConfig:
     accuracy: bool = True  # transcribe every clip once per cell and score WER (real weights only)
     energy: bool = True  # joules over the timed calls: RAPL/NVML counters, else a labelled estimate
     energy_idle_s: float = 1.0  # idle power measured this long before each window (measured readers only)
+    flops: bool = False  # count FLOPs of one call per cell and measure the device's peak (MFU); ~1 call more
     max_batch: int = 64  # max_throughput scenario: largest batch the search may try
     memory_budget_gib: float = 0.0  # max_throughput scenario: stop before this much device memory (0: none)
     timing: TimingConfig = TimingConfig()

@@ -42,6 +42,7 @@ class Engine(ABC):
 
     name: str = ""
     extra: str = ""  # pip extra that provides the engine
+    runs_torch: bool = False  # its model runs as torch ops in this process: FLOPs can be counted
 
     @abstractmethod
     def load(self, spec: ModelSpec, weights: str, dtype: str, device: str) -> None:

@@ -94,6 +94,7 @@ class TransformersEngine(Engine):
 
     name = "transformers"
     extra = "hf"
+    runs_torch = True
 
     def __init__(self, cache_dir: str | Path = ".asrperf-cache") -> None:
         self.cache_dir = Path(cache_dir)

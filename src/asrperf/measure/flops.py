@@ -96,6 +96,17 @@ class FlopCount:
         """FLOPs in fused attention kernels. Eager attention shows up as `aten.bmm` instead."""
         return sum(v for k, v in self.by_op.items() if k in ATTENTION_OP_NAMES)
 
+    def by_stage(self) -> dict[str, int]:
+        """FLOPs per entry-point module and per direct child of it.
+
+        The module tracker roots a tree at each module the code calls from outside any module:
+        `generate` calls `WhisperEncoder` once and `WhisperForConditionalGeneration` per decoding
+        step, so the roots are the stages (encoder vs decoder steps + head); their direct
+        children ("WhisperForConditionalGeneration.proj_out") split them one level further.
+        The roots sum to the total less the few ops run outside any module (generate's loop).
+        """
+        return {path: sum(ops.values()) for path, ops in self.by_module.items() if path.count(".") <= 1}
+
     def module_flops(self, suffix: str) -> int:
         """Sum over modules whose path ends with `suffix` (e.g. "self_attn"), children included."""
         hits = [m for m in self.by_module if m == suffix or m.endswith("." + suffix)]

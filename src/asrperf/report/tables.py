@@ -67,6 +67,13 @@ def _energy(r: dict[str, Any] | None, key: str) -> str:
     return f"{r[key]:.3g} ({'measured' if r.get('energy_measured') else 'estimated'})"
 
 
+def _mfu(r: dict[str, Any] | None) -> str:
+    if r is None or r.get("status") != "ok" or r.get("achieved_flops_per_s") is None:
+        return MISSING if r is None or r.get("status") == "ok" else "failed"
+    mfu = f" ({100 * r['mfu']:.1f}%)" if r.get("mfu") is not None else ""
+    return f"{r['achieved_flops_per_s'] / 1e9:,.1f}{mfu}"
+
+
 def _num(r: dict[str, Any] | None, key: str, fmt: str, scale: float = 1.0) -> str:
     if r is None:
         return MISSING
@@ -142,6 +149,11 @@ def _device_table(device: str, all_rows: list[dict[str, Any]]) -> Table:
                    [_energy(cell.get((c, longest, b1)), "energy_j_per_audio_s") for c in columns]))
     t.rows.append((f"first call ms (cold), b{b1}, {longest:g} s",
                    [_num(cell.get((c, longest, b1)), "first_call_s", ",.1f", 1000) for c in columns]))
+    if any(r.get("flops_per_call") for r in ok):
+        t.rows.append((f"GFLOPs per call, b{b1}, {longest:g} s",
+                       [_num(cell.get((c, longest, b1)), "flops_per_call", ",.1f", 1e-9) for c in columns]))
+        t.rows.append((f"achieved GFLOP/s (MFU %), b{b1}, {longest:g} s",
+                       [_mfu(cell.get((c, longest, b1))) for c in columns]))
     t.rows.append(("tokens per audio second", [_num(cell.get((c, longest, b1)), "tokens_per_audio_s", ".2f") for c in columns]))
     t.rows.append((f"peak RSS MiB, b{b1}, {longest:g} s",
                    [_num(cell.get((c, longest, b1)), "peak_rss_bytes", ",.0f", 1 / 2**20) for c in columns]))

@@ -8,6 +8,7 @@ memory or times out is committed as failed with its reason, and the run goes on.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import tempfile
 import time
@@ -83,11 +84,28 @@ def _fork_server():
     return _context
 
 
-def _cell_process(payload_path: str, result_path: str, stderr_path: str) -> None:
+def _exit_with_runner(runner_pid: int) -> None:
+    """A cell's process is the fork server's child, not the runner's: end it when the runner is gone."""
+    import os
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(runner_pid, 0)
+            except ProcessLookupError:
+                os._exit(3)  # nobody will read the result; do not keep a core busy
+
+    threading.Thread(target=watch, daemon=True, name="asrperf-runner-watch").start()
+
+
+def _cell_process(payload_path: str, result_path: str, stderr_path: str, runner_pid: int) -> None:
     import os
 
     from asrperf.run.worker import main
 
+    _exit_with_runner(runner_pid)
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 2)  # keep the worker's tracebacks for the failure reason, off the user's console
     raise SystemExit(main([payload_path, result_path]))
@@ -98,7 +116,8 @@ def run_isolated(payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="asrperf-cell-") as tmp:
         p_in, p_out, p_err = Path(tmp) / "payload.json", Path(tmp) / "result.json", Path(tmp) / "stderr.txt"
         p_in.write_text(json.dumps(payload))
-        proc = _fork_server().Process(target=_cell_process, args=(str(p_in), str(p_out), str(p_err)), daemon=True)
+        proc = _fork_server().Process(target=_cell_process, args=(str(p_in), str(p_out), str(p_err), os.getpid()),
+                                      daemon=True)
         proc.start()
         proc.join(timeout_s)
         if proc.is_alive():
@@ -154,7 +173,7 @@ def run(
                 "n_clips": cfg.n_clips, "timing": asdict(cfg.timing), "score": cfg.scores_accuracy,
                 "timed_region": TIMED_REGION, "isolated": cfg.isolate,
                 "energy": cfg.energy, "energy_idle_s": cfg.energy_idle_s,
-                "max_batch": cfg.max_batch, "memory_budget_bytes": int(cfg.memory_budget_gib * 2**30) or None,
+                "flops": cfg.flops, "max_batch": cfg.max_batch, "memory_budget_bytes": int(cfg.memory_budget_gib * 2**30) or None,
             }
             started = time.time()
             row = run_isolated(payload, cfg.cell_timeout_s) if cfg.isolate else execute(payload)

@@ -73,7 +73,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
     """Measure the cell described by `payload`; never raises (a failure is a row)."""
     from asrperf.engines.catalog import resolve
     from asrperf.engines.registry import create
-    from asrperf.scenarios.latency import run_latency
+    from asrperf.scenarios.latency import flops_fields, run_latency
 
     cell = payload["cell"]
     _set_threads(cell["threads"])
@@ -114,6 +114,11 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
                                      readers, idle_s)
         if energy_missing:
             row.update(energy_j=None, energy_missing_reason=energy_missing)
+        if payload.get("flops"):
+            peak = _peak(cell["device"], model.dtype, engine)
+            row.update(peak)
+            row.update(flops_fields(engine, clips, cell["batch_size"], metrics["latency_s_p50"],
+                                    peak.get("peak_matmul_flops_per_s")))
         row.update(engine.info())  # after the calls: long-form and token policy are known now
         row.update(metrics)
         if not score:
@@ -133,6 +138,17 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
         last = traceback.extract_tb(exc.__traceback__)[-1]
         row.update(status="failed", error=f"{type(exc).__name__}: {exc} (at {last.filename}:{last.lineno})".replace("\n", " "))
     return _finish(row, engine, cell)
+
+
+def _peak(device: str, dtype: str, engine: Any) -> dict[str, Any]:
+    """The device's measured matmul and copy peaks in the cell's dtype (torch engines only)."""
+    if not engine.runs_torch or dtype not in ("fp32", "fp16", "bf16"):
+        return {}
+    from asrperf.measure.peak import measure_peak
+
+    p = measure_peak(device, dtype)
+    return {"peak_matmul_flops_per_s": p.matmul_flops_per_s, "peak_copy_bytes_per_s": p.copy_bytes_per_s,
+            "peak_method": p.method}
 
 
 def _finish(row: dict[str, Any], engine: Any, cell: dict[str, Any]) -> dict[str, Any]:

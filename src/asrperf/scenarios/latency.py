@@ -100,6 +100,30 @@ def energy_fields(e: EnergyResult, samples: int, audio_s: float) -> dict[str, An
     return out
 
 
+def flops_fields(engine: Engine, clips: list[Clip], batch_size: int, latency_s: float,
+                 peak_flops_per_s: float | None) -> dict[str, Any]:
+    """FLOPs of one call on the cell's batch, counted on the real forward, and what they imply.
+
+    achieved FLOP/s = FLOPs per call / median latency; MFU = achieved / the measured peak.
+    """
+    if not engine.runs_torch:
+        return {"flops_per_call": None,
+                "flops_missing_reason": f"engine {engine.name} runs outside torch: its ops cannot be counted"}
+    from asrperf.measure.flops import count_flops
+
+    batch = [c.audio for c in batch_for_call(clips, batch_size, 0)]
+    fc = count_flops(lambda: engine.transcribe(batch, clips[0].sample_rate))
+    achieved = fc.total_flops / latency_s
+    return {
+        "flops_per_call": fc.total_flops,
+        "flops_attention_per_call": fc.attention_flops,
+        "flops_by_stage": fc.by_stage(),
+        "achieved_flops_per_s": achieved,
+        "peak_flops_per_s": peak_flops_per_s,
+        "mfu": achieved / peak_flops_per_s if peak_flops_per_s else None,
+    }
+
+
 def accuracy(engine: Engine, clips: list[Clip], batch_size: int, known: dict[int, str] | None = None) -> dict[str, Any]:
     """Score corpus WER/CER over every clip, transcribing (in batches) those not in `known`."""
     hyps = dict(known or {})
