@@ -111,9 +111,13 @@ class RunConfig:
         return self.accuracy and self.clip_mode == "exact"
 
     def identity(self) -> str:
-        """Short hash of everything that changes results; the store/cache paths do not count."""
+        """Short hash of everything that changes results, asrperf's version included (an upgrade
+        measures afresh instead of resuming); the store/cache paths do not count."""
+        from asrperf import __version__
+
         d = dataclasses.asdict(self)
         d.pop("store"), d.pop("cache_dir"), d.pop("isolate"), d.pop("cell_timeout_s")
+        d["asrperf_version"] = __version__
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
