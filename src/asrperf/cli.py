@@ -150,7 +150,7 @@ def prepare(
 
 
 def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path | None = None) -> None:
-    from asrperf.report.tables import render_rich, study_tables, to_markdown
+    from asrperf.report.tables import environment_lines, render_rich, study_tables, to_markdown
     from asrperf.results.store import Store, export_rows
 
     if not Path(store_path).is_file():
@@ -163,20 +163,24 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
         if rid not in {r["run_id"] for r in runs}:
             raise ConfigError(f"run '{rid}' is not in {store_path}; runs: {', '.join(r['run_id'] for r in runs)}")
         rows = store.rows(None if run_id == "all" else rid)
+        envs = [(r["run_id"], r["env"]) for r in runs if run_id == "all" or r["run_id"] == rid]
     if fmt in ("csv", "json"):
         path = output or Path(f"asrperf-{rid}.{fmt}")
         export_rows(rows, path)
         console.print(f"wrote {len(rows)} row(s) to {path}")
         return
     tables = study_tables(rows)
+    env_text = [line for r, e in envs for line in environment_lines(e, r)]
     if fmt == "markdown":
-        text = to_markdown(tables)
+        text = to_markdown(tables) + "\n" + "\n".join(f"- {line.strip()}" for line in env_text) + "\n"
         if output:
             output.write_text(text)
         else:
             out.print(text, markup=False, highlight=False)
         return
     out.print(render_rich(tables))
+    for line in env_text:
+        out.print(line, style="dim", markup=False, highlight=False)
 
 
 @app.command()

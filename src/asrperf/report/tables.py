@@ -130,6 +130,9 @@ def _device_table(device: str, all_rows: list[dict[str, Any]]) -> Table:
     t.rows.append(("decoder tokens", [first(c, "tokens_policy", _TOKEN_POLICY_SHORT) for c in columns]))
     b1 = batches[0]
     t.rows.append(("timed calls per cell", [first(c, "n_calls") for c in columns]))
+    if lengths:
+        longest_rows = {c: cell.get((c, lengths[-1], b1)) for c in columns}
+        t.rows.append((f"long-form, {lengths[-1]:g} s", [str((r or {}).get("longform") or MISSING) for r in longest_rows.values()]))
     for length in lengths:
         t.rows.append((f"latency ms p50 (p90), b{b1}, {length:g} s", [_latency(cell.get((c, length, b1))) for c in columns]))
     longest = lengths[-1]
@@ -204,6 +207,18 @@ def render_rich(tables: list[Table]):
         for n in dict.fromkeys(t.notes):
             out.append(Text(n, style="dim"))
     return Group(*out)
+
+
+def environment_lines(env: dict[str, Any], run_id: str) -> list[str]:
+    """One line on where a run happened: CPU, cores, memory, GPUs, key package versions, commit."""
+    pk = env.get("packages", {})
+    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')})" for g in env.get("gpus", [])) or "no GPU"
+    versions = ", ".join(f"{k} {v}" for k, v in pk.items() if v and k in ("torch", "transformers", "ctranslate2",
+                                                                            "faster-whisper", "onnxruntime"))
+    mem = env.get("memory_bytes")
+    return [f"run {run_id}: {env.get('cpu_model')}, {env.get('usable_cores')} usable cores, "
+            f"{mem / 2**30:.1f} GiB" if mem else f"run {run_id}: {env.get('cpu_model')}",
+            f"  {gpus}; {versions}; asrperf {env.get('asrperf_version')} ({env.get('asrperf_git_commit') or 'no git'})"]
 
 
 def to_markdown(tables: list[Table]) -> str:
