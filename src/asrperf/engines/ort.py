@@ -1,0 +1,225 @@
+"""ONNX Runtime engine: CTC models (wav2vec2, HuBERT, Wav2Vec2-Conformer, Parakeet) so far.
+
+The model is built by the transformers engine (same real or seeded random weights, same feature
+extractor and tokenizer), its forward (features [+ attention_mask] -> logits) exported once with
+`torch.onnx.export` into `cache_dir/ort-<hash>/`, and run by an `onnxruntime.InferenceSession`.
+Greedy CTC decoding (argmax, collapse, drop blanks) happens in numpy and the tokenizer, inside the
+timed call. dtype int8 quantizes the exported fp32 graph's MatMul weights (dynamic, QInt8) and is
+cached next to it. Whisper is refused: generation is not implemented for this engine.
+
+torch, transformers, onnx and onnxruntime are imported inside methods: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asrperf.cache import build_once
+from asrperf.engines.base import Engine, ModelSpec, Transcription
+from asrperf.errors import ConfigError, ModelError, require
+
+DTYPES = ("fp32", "int8")
+OPSET = 17
+EXPORTER_VERSION = 1  # bump when the export below changes, so cached exports are redone
+MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+EXPORT_METHOD = f"torch.onnx.export (TorchScript exporter, dynamo=False), opset {OPSET}, dynamic batch and time axes"
+
+
+def cpu_threads() -> int:
+    """The worker sizes thread pools through OMP_NUM_THREADS; without it, use every core."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
+
+def _state_key(model: Any, spec: ModelSpec, weights: str, weights_source: str, input_names: list[str]) -> str:
+    """Short hash of what decides an export: the model's weights (sampled), torch, onnx, this code."""
+    import onnx
+    import torch
+
+    params = list(model.state_dict().items())
+    n_params = sum(t.numel() for _, t in params)
+    h = hashlib.sha256()
+    for part in (spec.name, weights, weights_source, str(n_params), torch.__version__, onnx.__version__,
+                 str(EXPORTER_VERSION), str(OPSET), ",".join(input_names), type(model).__name__):
+        h.update(part.encode() + b"\0")
+    # a few tensors, first, middle and last, hashed in full: enough to tell checkpoints apart
+    picks = {0, len(params) // 2, len(params) - 1} if params else set()
+    for i in sorted(picks):
+        name, t = params[i]
+        h.update(name.encode())
+        h.update(t.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+class _Forward:
+    """Wraps a CTC model so that export sees positional inputs and one output: the logits."""
+
+    def __new__(cls, model: Any, input_names: list[str]) -> Any:
+        import torch
+
+        class Forward(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, *args: Any) -> Any:
+                return self.model(**dict(zip(input_names, args))).logits
+
+        return Forward().eval()
+
+
+class OnnxRuntimeEngine(Engine):
+    """CTC models exported to ONNX, run by ONNX Runtime; greedy CTC decoding."""
+
+    name = "ort"
+    extra = "ort"
+
+    def __init__(self, cache_dir: str | Path = ".asrperf-cache") -> None:
+        self.cache_dir = Path(cache_dir)
+        self._info: dict[str, Any] = {}
+
+    # -- loading ---------------------------------------------------------------------------
+    def load(self, spec: ModelSpec, weights: str, dtype: str, device: str) -> None:
+        ort = require("onnxruntime", "engine ort", "ort")
+        require("onnx", "engine ort", "ort")
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype '{dtype}' is not supported by engine ort; use one of {', '.join(DTYPES)}")
+        if spec.family == "whisper":
+            raise ModelError("engine ort supports CTC models so far; use engine transformers or ct2 for Whisper")
+        providers = self._providers(ort, device)
+        from asrperf.engines.hf import TransformersEngine
+
+        inner = TransformersEngine(cache_dir=self.cache_dir)
+        inner.load(spec, weights, "fp32", "cpu")
+        if inner.family != "ctc":  # a local checkpoint whose family was read from its config
+            raise ModelError("engine ort supports CTC models so far; use engine transformers or ct2 for Whisper")
+        inner_info = inner.info()
+        self.fe, self.tok = inner.fe, inner.tok
+        self.input_names = list(self.fe.model_input_names)
+        path = self._export(inner.model, spec, inner_info)
+        if dtype == "int8":
+            path = self._quantize(path)
+        options = ort.SessionOptions()
+        threads = cpu_threads()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:
+            raise ModelError(f"{path}: ONNX Runtime cannot load this model on {device} ({type(exc).__name__}: {exc})") from exc
+        self.session_inputs = {i.name for i in self.session.get_inputs()}
+        self.device = device
+        del inner  # the torch model is not needed any more; only the session runs
+        self._info = {
+            "engine_version": ort.__version__,
+            "weights": inner_info.get("weights"),
+            "weights_source": inner_info.get("weights_source"),
+            "n_params": inner_info.get("n_params"),
+            "dtype": dtype,
+            "device": device,
+            "providers": self.session.get_providers(),
+            "cpu_threads": threads,
+            "onnx_file": str(path),
+            "export_method": EXPORT_METHOD + ("; int8: onnxruntime.quantization.quantize_dynamic (QInt8 weights, "
+                                              "MatMul only)" if dtype == "int8" else ""),
+            "decoding": "greedy CTC (argmax)",
+            "longform": "none needed (CTC over the whole clip)",
+            "tokens_policy": "n/a (CTC)",
+        }
+        if "weights_note" in inner_info:
+            self._info["weights_note"] = inner_info["weights_note"]
+
+    @staticmethod
+    def _providers(ort: Any, device: str) -> list[str]:
+        kind, _, index = device.partition(":")
+        if kind == "cpu" and not index:
+            return ["CPUExecutionProvider"]
+        if kind == "cuda" and (not index or index.isdigit()):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ModelError(f"device {device}: this onnxruntime build has no CUDAExecutionProvider "
+                                 f"(available: {', '.join(ort.get_available_providers())}); "
+                                 f"use device cpu, or pip install onnxruntime-gpu")
+            return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+        raise ModelError(f"device '{device}' is not usable by engine ort; use 'cpu', 'cuda' or 'cuda:N'")
+
+    def _export(self, model: Any, spec: ModelSpec, inner_info: dict[str, Any]) -> Path:
+        """The fp32 ONNX export of `model`'s CTC forward, built on first use only."""
+        import torch
+
+        key = _state_key(model, spec, str(inner_info.get("weights")), str(inner_info.get("weights_source")),
+                         self.input_names)
+        final = self.cache_dir / f"ort-{key}"
+        names = self.input_names
+
+        def build(staging: Path) -> None:
+            # two short clips of different length, so the attention mask (if any) is not all ones
+            dummy_audio = [np.zeros(16000, np.float32), np.zeros(12000, np.float32)]
+            feats = self.fe(dummy_audio, sampling_rate=16000, return_tensors="pt", padding="longest")
+            main, *rest = names
+            args = [feats[main].to(torch.float32)] + [feats[n] for n in rest if n in feats]
+            used = [main] + [n for n in rest if n in feats]
+            # batch and time lead in every input: (B, T) waveforms and masks, (B, T, mels) features
+            dynamic = {n: {0: "batch", 1: "time"} for n in used}
+            dynamic["logits"] = {0: "batch", 1: "frames"}
+            try:
+                # the tracer warns about Python branches on shapes; the checks against transformers cover them
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(_Forward(model, used), tuple(args), str(staging / MODEL_FILE),
+                                      input_names=used, output_names=["logits"], dynamic_axes=dynamic,
+                                      opset_version=OPSET, do_constant_folding=True, dynamo=False)
+            except Exception as exc:
+                raise ModelError(f"'{spec.name}': ONNX export failed ({type(exc).__name__}: {exc}); "
+                                 f"use engine transformers for this model") from exc
+
+        return build_once(final, MODEL_FILE, build) / MODEL_FILE
+
+    @staticmethod
+    def _quantize(fp32_path: Path) -> Path:
+        """Weight-only dynamic int8 quantization of the MatMuls, cached next to the fp32 export."""
+        ort_version = require("onnxruntime", "engine ort", "ort").__version__
+        final = fp32_path.parent.parent / f"{fp32_path.parent.name}-int8-ort{ort_version}"
+
+        def build(staging: Path) -> None:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(str(fp32_path), str(staging / INT8_FILE), op_types_to_quantize=["MatMul"],
+                             weight_type=QuantType.QInt8)
+
+        return build_once(final, INT8_FILE, build) / INT8_FILE
+
+    # -- the timed call ----------------------------------------------------------------------
+    def transcribe(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
+        ids = self.logits(audios, sample_rate).argmax(axis=-1)
+        texts = self.tok.batch_decode(ids)
+        pad = self.tok.pad_token_id
+        # labels emitted after CTC collapse: a change of label that is not blank (as the transformers engine)
+        changes = (ids[:, 1:] != ids[:, :-1]) & (ids[:, 1:] != pad)
+        tokens = changes.sum(axis=1) + (ids[:, 0] != pad)
+        return Transcription(list(texts), [int(t) for t in tokens])
+
+    def logits(self, audios: list[np.ndarray], sample_rate: int) -> np.ndarray:
+        """Feature extraction and the session run: the raw logits for a batch."""
+        feats = self.fe(audios, sampling_rate=sample_rate, return_tensors="np", padding="longest")
+        main, *rest = self.input_names
+        inputs = {main: np.ascontiguousarray(feats[main], dtype=np.float32)}
+        # the exporter drops an input the graph does not use (a mask the model ignores)
+        inputs.update({n: np.ascontiguousarray(feats[n], dtype=np.int64)
+                       for n in rest if n in feats and n in self.session_inputs})
+        return self.session.run(["logits"], inputs)[0]
+
+    def synchronize(self) -> None:
+        """No-op: session.run returns results on the host, so each call has finished on return."""
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def stages(self) -> tuple[str, ...]:
+        return ()
