@@ -30,6 +30,33 @@ RANDOM_INIT_STD = 0.02  # the std of transformers' own initialisers for these mo
 # The published wav2vec2-base-960h / large-960h / HuBERT-large-ft character vocabulary.
 CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# The stages marked inside every call, as torch.profiler record_function ranges "asrperf::<stage>".
+# Outside a profiler a mark costs ~1 us. Whisper also marks "encoder" and "decoder" (each decoder
+# step) inside "model", through forward hooks (_mark_module).
+STAGES = ("feature_extraction", "host_to_device", "model", "detokenize")
+
+
+def _stage(name: str) -> Any:
+    import torch
+
+    return torch.profiler.record_function(f"asrperf::{name}")
+
+
+def _mark_module(module: Any, name: str) -> None:
+    """Mark every forward of `module` as the range "asrperf::<name>" (forward pre/post hooks)."""
+    open_marks: list[Any] = []
+
+    def enter(*_: Any) -> None:
+        mark = _stage(name)
+        mark.__enter__()
+        open_marks.append(mark)
+
+    def leave(*_: Any) -> None:
+        if open_marks:
+            open_marks.pop().__exit__(None, None, None)
+
+    module.register_forward_pre_hook(enter)
+    module.register_forward_hook(leave)
 
 
 def _bundled_sources(cache_dir: Path) -> dict[str, Any]:
@@ -128,6 +155,9 @@ class TransformersEngine(Engine):
         self.weights = weights
         self.family = family or spec.family
         self.model = model.to(self.device, self.dtype).eval()
+        if self.family == "whisper":
+            _mark_module(self.model.get_encoder(), "encoder")
+            _mark_module(self.model.get_decoder(), "decoder")
         self.fe, self.tok = fe, tok
         self.spec = spec
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -228,19 +258,22 @@ class TransformersEngine(Engine):
             return self._whisper(audios, sample_rate)
 
     def _ctc(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
-        feats = self.fe(audios, sampling_rate=sample_rate, return_tensors="pt", padding="longest")
+        with _stage("feature_extraction"):
+            feats = self.fe(audios, sampling_rate=sample_rate, return_tensors="pt", padding="longest")
         # the feature extractor names the model's inputs: raw input_values (wav2vec2 family) or
         # mel input_features (Parakeet), each with an optional attention_mask; only the first is float
         main, *rest = self.fe.model_input_names
-        inputs = {main: feats[main].to(self.device, self.dtype)}
-        inputs.update({name: feats[name].to(self.device) for name in rest if name in feats})
-        logits = self.model(**inputs).logits
-        ids = logits.argmax(dim=-1)
-        texts = self.tok.batch_decode(ids)
-        pad = self.tok.pad_token_id
-        # labels emitted after CTC collapse: a change of label that is not blank
-        changes = (ids[:, 1:] != ids[:, :-1]) & (ids[:, 1:] != pad)
-        tokens = (changes.sum(dim=1) + (ids[:, 0] != pad)).tolist()
+        with _stage("host_to_device"):
+            inputs = {main: feats[main].to(self.device, self.dtype)}
+            inputs.update({name: feats[name].to(self.device) for name in rest if name in feats})
+        with _stage("model"):
+            ids = self.model(**inputs).logits.argmax(dim=-1)
+        with _stage("detokenize"):
+            texts = self.tok.batch_decode(ids)
+            pad = self.tok.pad_token_id
+            # labels emitted after CTC collapse: a change of label that is not blank
+            changes = (ids[:, 1:] != ids[:, :-1]) & (ids[:, 1:] != pad)
+            tokens = (changes.sum(dim=1) + (ids[:, 0] != pad)).tolist()
         self._info["longform"] = "none needed (CTC over the whole clip)"
         self._info["tokens_policy"] = "n/a (CTC)"
         return Transcription(texts, [int(t) for t in tokens])
@@ -249,26 +282,32 @@ class TransformersEngine(Engine):
         longest = max(len(a) for a in audios)
         gen = self.model.generation_config
         kwargs: dict[str, Any] = {"num_beams": 1, "do_sample": False}
-        if longest <= WINDOW_SAMPLES:
-            feats = self.fe(audios, sampling_rate=sample_rate, return_tensors="pt")
-            self._info["longform"] = "none needed (<= 30 s)"
-        else:
-            # OpenAI's sequential long-form algorithm: slide the 30 s window by the last predicted
-            # timestamp. Without truncation=False the feature extractor would cut at 30 s.
-            feats = self.fe(
-                audios, sampling_rate=sample_rate, return_tensors="pt",
-                truncation=False, padding="longest", return_attention_mask=True,
-            )
-            kwargs.update(attention_mask=feats.attention_mask.to(self.device), return_timestamps=True,
-                          condition_on_prev_tokens=False, temperature=0.0)
-            self._info["longform"] = "sequential (OpenAI algorithm, timestamps, no temperature fallback)"
-        features = feats.input_features.to(self.device, self.dtype)
-        out = self.model.generate(features, generation_config=gen, **kwargs)
-        sequences = out if isinstance(out, self.torch.Tensor) else out["sequences"]
-        texts = [t.strip() for t in self.tok.batch_decode(sequences, skip_special_tokens=True)]
-        # decoder steps that produced text or timestamp tokens (prompt and end-of-text excluded)
-        special = set(self.tok.all_special_ids)
-        tokens = [sum(1 for t in row.tolist() if t not in special) for row in sequences]
+        longform = longest > WINDOW_SAMPLES
+        with _stage("feature_extraction"):
+            if not longform:
+                feats = self.fe(audios, sampling_rate=sample_rate, return_tensors="pt")
+            else:
+                # OpenAI's sequential long-form algorithm: slide the 30 s window by the last predicted
+                # timestamp. Without truncation=False the feature extractor would cut at 30 s.
+                feats = self.fe(
+                    audios, sampling_rate=sample_rate, return_tensors="pt",
+                    truncation=False, padding="longest", return_attention_mask=True,
+                )
+        with _stage("host_to_device"):
+            features = feats.input_features.to(self.device, self.dtype)
+            if longform:
+                kwargs.update(attention_mask=feats.attention_mask.to(self.device), return_timestamps=True,
+                              condition_on_prev_tokens=False, temperature=0.0)
+        self._info["longform"] = ("sequential (OpenAI algorithm, timestamps, no temperature fallback)" if longform
+                                  else "none needed (<= 30 s)")
+        with _stage("model"):
+            out = self.model.generate(features, generation_config=gen, **kwargs)
+        with _stage("detokenize"):
+            sequences = out if isinstance(out, self.torch.Tensor) else out["sequences"]
+            texts = [t.strip() for t in self.tok.batch_decode(sequences, skip_special_tokens=True)]
+            # decoder steps that produced text or timestamp tokens (prompt and end-of-text excluded)
+            special = set(self.tok.all_special_ids)
+            tokens = [sum(1 for t in row.tolist() if t not in special) for row in sequences]
         self._info["tokens_policy"] = "real (the model's own end-of-text)"
         return Transcription(texts, tokens)
 
@@ -296,19 +335,23 @@ class TransformersEngine(Engine):
                 groups.setdefault(n_new, []).append((i, w))
         texts, tokens = [""] * len(audios), [0] * len(audios)
         for n_new, items in groups.items():
-            feats = self.fe([w for _, w in items], sampling_rate=sample_rate, return_tensors="pt")
-            features = feats.input_features.to(self.device, self.dtype)
-            prefix = self.torch.tensor([prompt] * len(items), device=self.device)
-            out = GenerationMixin.generate(
-                self.model, input_features=features, decoder_input_ids=prefix,
-                min_new_tokens=n_new, max_new_tokens=n_new, do_sample=False, num_beams=1,
-                eos_token_id=None, pad_token_id=0, forced_decoder_ids=None, suppress_tokens=None,
-                begin_suppress_tokens=None,
-            )
-            new = out[:, len(prompt):]
-            for (i, _), text in zip(items, self.tok.batch_decode(new, skip_special_tokens=True)):
-                texts[i] = (texts[i] + " " + text).strip()
-                tokens[i] += int(new.shape[1])
+            with _stage("feature_extraction"):
+                feats = self.fe([w for _, w in items], sampling_rate=sample_rate, return_tensors="pt")
+            with _stage("host_to_device"):
+                features = feats.input_features.to(self.device, self.dtype)
+                prefix = self.torch.tensor([prompt] * len(items), device=self.device)
+            with _stage("model"):
+                out = GenerationMixin.generate(
+                    self.model, input_features=features, decoder_input_ids=prefix,
+                    min_new_tokens=n_new, max_new_tokens=n_new, do_sample=False, num_beams=1,
+                    eos_token_id=None, pad_token_id=0, forced_decoder_ids=None, suppress_tokens=None,
+                    begin_suppress_tokens=None,
+                )
+            with _stage("detokenize"):
+                new = out[:, len(prompt):]
+                for (i, _), text in zip(items, self.tok.batch_decode(new, skip_special_tokens=True)):
+                    texts[i] = (texts[i] + " " + text).strip()
+                    tokens[i] += int(new.shape[1])
         self._info["longform"] = "30 s windows, fixed token count (random weights)"
         self._info["tokens_policy"] = (f"fixed {RANDOM_TOKENS_PER_AUDIO_S:g}/audio-s "
                                        f"({int(RANDOM_TOKENS_PER_AUDIO_S * WINDOW_S)} per 30 s window)")
@@ -322,5 +365,4 @@ class TransformersEngine(Engine):
         return dict(self._info)
 
     def stages(self) -> tuple[str, ...]:
-        return ("feature_extraction", "encoder", "decoder", "detokenize") if self.family == "whisper" else (
-            "feature_extraction", "encoder", "ctc_head", "detokenize")
+        return STAGES
