@@ -100,3 +100,16 @@ def test_missing_extra_message_keeps_the_extra_name(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert "pip install 'asrperf[ct2]'" in res.stderr
+
+
+def test_profile_command_prints_categories_and_writes_trace(tmp_path, cache_dir):
+    res = _cli("profile", "-m", "whisper-tiny", "--weights", "random", "--length", "5", "--active", "1",
+               "--out", str(tmp_path / "prof"), "--cache-dir", str(cache_dir), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "matmul" in res.stdout and "encoder" in res.stdout
+    traces = list((tmp_path / "prof").glob("*.trace.json"))
+    assert traces and "traceEvents" in json.loads(traces[0].read_text())
+    (summary_path,) = [p for p in (tmp_path / "prof").glob("*.json") if not p.name.endswith(".trace.json")]
+    summary = json.loads(summary_path.read_text())
+    assert abs(sum(r["share"] for r in summary["op_categories"]) - 1) < 1e-3
+    assert summary["weights"] == "random"

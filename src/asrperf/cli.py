@@ -197,6 +197,73 @@ def report(
 
 
 @app.command()
+def profile(
+    model: str = typer.Option("whisper-tiny.en", "--model", "-m", help="Catalog name, Hub id or local checkpoint dir."),
+    engine: str = typer.Option("transformers", "--engine", "-e", help="Engine (its ops must run on torch)."),
+    weights: str = typer.Option("auto", help="auto | real | random."),
+    dtype: str = typer.Option("fp32", help="fp32 | fp16 | bf16."),
+    length: float = typer.Option(5.0, help="Clip length in seconds."),
+    batch: int = typer.Option(1, help="Batch size."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    threads: int = typer.Option(0, help="CPU threads (0 = all usable cores)."),
+    active: int = typer.Option(3, help="Profiled calls (after 1 skipped and 1 warm-up call)."),
+    out_dir: Path = typer.Option(Path("asrperf-results/profiles"), "--out", help="Where traces and the JSON summary go."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Where corpora, clips and converted weights are cached."),
+) -> None:
+    """Where the time goes: op categories and stages of one cell, with a Chrome/Perfetto trace."""
+    import json
+
+    from rich.table import Table
+
+    from asrperf.data.clips import ClipCache
+    from asrperf.engines.catalog import resolve
+    from asrperf.engines.registry import create
+    from asrperf.run.plan import usable_cores
+    from asrperf.run.runner import check
+    from asrperf.run.runner import prepare as prepare_clips
+    from asrperf.run.worker import _set_threads
+    from asrperf.scenarios.profile import profile_cell
+
+    cfg = _build_config(None, [model], str(length), str(batch), [device], str(threads), max(batch, 1), None,
+                        cache_dir, False, None, None, None, None, None, None, weights, dtype)
+    cfg = dataclasses.replace(cfg, models=tuple(dataclasses.replace(m, engine=engine) for m in cfg.models))
+    check(cfg)
+    _set_threads(threads or usable_cores())
+    with console.status("preparing clips and loading the model"):
+        key = prepare_clips(cfg)[cfg.clip_lengths_s[0]]
+        clips = ClipCache(cfg.cache_dir).load(key, cfg.n_clips)
+        eng = create(engine, cfg.cache_dir)
+        eng.load(resolve(model), weights, dtype, device)
+        _set_threads(threads or usable_cores())
+    if not eng.runs_torch:
+        raise ConfigError(f"engine {engine} does not run its model on torch: torch.profiler cannot see its ops")
+    name = f"{Path(model).name}-{engine}-{dtype}-{device.replace(':', '')}-{length:g}s-b{batch}"
+    with console.status(f"profiling {active} call(s)"):
+        result = profile_cell(eng, clips, batch, out_dir, active=active, name=name)
+    result.update(model=model, engine=engine, dtype=dtype, device=device, clip_length_s=length, batch_size=batch,
+                  weights=eng.info().get("weights"), threads=threads or usable_cores())
+    summary = Path(out_dir) / f"{name}.json"
+    summary.write_text(json.dumps(result, indent=1, default=str))
+    t = Table(title=escape(f"op categories (self time): {model}, {engine} {dtype}, {device}, {length:g} s, batch {batch}"))
+    for col in ("category", "ms per call", "share"):
+        t.add_column(col)
+    for row in result["op_categories"]:
+        t.add_row(escape(row["category"]), f"{1000 * row['self_s'] / result['profiled_calls']:,.1f}",
+                  f"{100 * row['share']:.1f}%")
+    out.print(t)
+    s = Table(title="stages (host time per call; encoder/decoder are inside model)")
+    s.add_column("stage"), s.add_column("ms per call")
+    for stage, sec in result["stages"].items():
+        s.add_row(escape(stage), f"{1000 * sec:,.1f}")
+    out.print(s)
+    if result.get("uncategorised_top"):
+        names = ", ".join(f"{o['name']}" for o in result["uncategorised_top"][:5])
+        out.print(f"uncategorised ('other') ops: {names}", markup=False)
+    out.print(f"profiled latency per call: {1000 * result['profiled_latency_s']:,.1f} ms over {result['profiled_calls']} "
+              f"call(s); trace: {result['trace_path']}; summary: {summary}", markup=False)
+
+
+@app.command()
 def doctor() -> None:
     """List the engines, extras, data sources and devices usable on this machine, and why not."""
     from rich.table import Table
