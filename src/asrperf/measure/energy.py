@@ -267,11 +267,14 @@ class NvmlReader:
         if self._ready() == "counter":
             end_mj = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
             return {domain: (end_mj - self._start_mj) / 1e3}
+        # the window ends now, not when the sampler thread gets round to exiting (on a busy
+        # machine the join can take tens of ms): close the curve here and drop later samples
+        t_end, p_end = time.perf_counter(), self._power_w()
         self._stop_event.set()
         if self._thread is not None:
             self._thread.join()
-        self._samples.append((time.perf_counter(), self._power_w()))
-        s = self._samples
+        s = [sample for sample in self._samples if sample[0] <= t_end] + [(t_end, p_end)]
+        self._samples = s
         joules = sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in itertools.pairwise(s))
         return {domain: joules}
 
