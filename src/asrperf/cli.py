@@ -221,20 +221,20 @@ def profile(
     from asrperf.run.plan import usable_cores
     from asrperf.run.runner import check
     from asrperf.run.runner import prepare as prepare_clips
-    from asrperf.run.worker import _set_threads
+    from asrperf.run.worker import set_threads
     from asrperf.scenarios.profile import profile_cell
 
     cfg = _build_config(None, [model], str(length), str(batch), [device], str(threads), max(batch, 1), None,
                         cache_dir, False, None, None, None, None, None, None, weights, dtype)
     cfg = dataclasses.replace(cfg, models=tuple(dataclasses.replace(m, engine=engine) for m in cfg.models))
     check(cfg)
-    _set_threads(threads or usable_cores())
+    set_threads(threads or usable_cores())
     with console.status("preparing clips and loading the model"):
         key = prepare_clips(cfg)[cfg.clip_lengths_s[0]]
         clips = ClipCache(cfg.cache_dir).load(key, cfg.n_clips)
         eng = create(engine, cfg.cache_dir)
         eng.load(resolve(model), weights, dtype, device)
-        _set_threads(threads or usable_cores())
+        set_threads(threads or usable_cores())
     if not eng.runs_torch:
         raise ConfigError(f"engine {engine} does not run its model on torch: torch.profiler cannot see its ops")
     name = f"{Path(model).name}-{engine}-{dtype}-{device.replace(':', '')}-{length:g}s-b{batch}"

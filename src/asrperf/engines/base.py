@@ -5,8 +5,10 @@ Measurement code never checks an engine's name: it calls `synchronize()` and rea
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,10 @@ class Engine(ABC):
     extra: str = ""  # pip extra that provides the engine
     runs_torch: bool = False  # its model runs as torch ops in this process: FLOPs can be counted
 
+    def __init__(self, cache_dir: str | Path = ".asrperf-cache") -> None:
+        self.cache_dir = Path(cache_dir)  # converted weights and exports are cached here
+        self._info: dict[str, Any] = {}  # provenance filled in by load() and the calls
+
     @abstractmethod
     def load(self, spec: ModelSpec, weights: str, dtype: str, device: str) -> None:
         """Load weights (`weights` is "real" or "random") in `dtype` on `device`."""
@@ -57,8 +63,14 @@ class Engine(ABC):
 
     def info(self) -> dict[str, Any]:
         """Provenance for the result row: engine version, weights, dtype, long-form algorithm, token policy."""
-        return {}
+        return dict(self._info)
 
     def stages(self) -> tuple[str, ...]:
         """Names of the stages the engine marks inside a call (for the profiler)."""
         return ()
+
+
+def cpu_threads() -> int:
+    """Threads for an engine's own pool: the worker sizes pools through OMP_NUM_THREADS; else every core."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from asrperf.cache import build_once
-from asrperf.engines.base import GREEDY_DECODING, Engine, ModelSpec, Transcription
+from asrperf.engines.base import GREEDY_DECODING, Engine, ModelSpec, Transcription, cpu_threads
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
 from asrperf.engines.hf import WINDOW_SAMPLES
 from asrperf.errors import ModelError, require
@@ -62,12 +61,6 @@ def parse_device(device: str) -> tuple[str, int]:
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
         raise ModelError(f"device '{device}' is not usable by engine ct2; use 'cpu', 'cuda' or 'cuda:N'")
     return kind, int(index or 0)
-
-
-def cpu_threads() -> int:
-    """The worker sizes thread pools through OMP_NUM_THREADS; without it, use every core."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
 
 
 def ct2_spec_name(model_bin: Path) -> str:
@@ -148,10 +141,6 @@ class CTranslate2Engine(Engine):
 
     name = "ct2"
     extra = "ct2"
-
-    def __init__(self, cache_dir: str | Path = ".asrperf-cache") -> None:
-        self.cache_dir = Path(cache_dir)
-        self._info: dict[str, Any] = {}
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, spec: ModelSpec, weights: str, dtype: str, device: str) -> None:
@@ -304,4 +293,4 @@ class CTranslate2Engine(Engine):
         biases, so counting its tensors overstates the published count (tiny.en: 37,764,864 vs
         37,760,256) and would disagree with the transformers engine's rows for the same model.
         """
-        return dict(self._info)
+        return super().info()

@@ -123,10 +123,6 @@ class TransformersEngine(Engine):
     extra = "hf"
     runs_torch = True
 
-    def __init__(self, cache_dir: str | Path = ".asrperf-cache") -> None:
-        self.cache_dir = Path(cache_dir)
-        self._info: dict[str, Any] = {}
-
     # -- loading ---------------------------------------------------------------------------
     def load(self, spec: ModelSpec, weights: str, dtype: str, device: str) -> None:
         if dtype not in DTYPES:  # the int8 compute types are CTranslate2's
@@ -360,9 +356,6 @@ class TransformersEngine(Engine):
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
-
-    def info(self) -> dict[str, Any]:
-        return dict(self._info)
 
     def stages(self) -> tuple[str, ...]:
         return STAGES

@@ -13,7 +13,6 @@ torch, transformers, onnx and onnxruntime are imported inside methods: importing
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from asrperf.cache import build_once
-from asrperf.engines.base import Engine, ModelSpec, Transcription
+from asrperf.engines.base import Engine, ModelSpec, Transcription, cpu_threads
 from asrperf.errors import ConfigError, ModelError, require
 
 DTYPES = ("fp32", "int8")
@@ -30,12 +29,6 @@ EXPORTER_VERSION = 1  # bump when the export below changes, so cached exports ar
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 EXPORT_METHOD = f"torch.onnx.export (TorchScript exporter, dynamo=False), opset {OPSET}, dynamic batch and time axes"
-
-
-def cpu_threads() -> int:
-    """The worker sizes thread pools through OMP_NUM_THREADS; without it, use every core."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
 
 
 def _state_key(model: Any, spec: ModelSpec, weights: str, weights_source: str, input_names: list[str]) -> str:
@@ -80,10 +73,6 @@ class OnnxRuntimeEngine(Engine):
 
     name = "ort"
     extra = "ort"
-
-    def __init__(self, cache_dir: str | Path = ".asrperf-cache") -> None:
-        self.cache_dir = Path(cache_dir)
-        self._info: dict[str, Any] = {}
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, spec: ModelSpec, weights: str, dtype: str, device: str) -> None:
@@ -217,9 +206,6 @@ class OnnxRuntimeEngine(Engine):
 
     def synchronize(self) -> None:
         """No-op: session.run returns results on the host, so each call has finished on return."""
-
-    def info(self) -> dict[str, Any]:
-        return dict(self._info)
 
     def stages(self) -> tuple[str, ...]:
         return ()

@@ -34,23 +34,26 @@ def _short_labels(columns: list[str]) -> dict[str, str]:
     return short if len(set(short.values())) == len(short) else {c: c for c in columns}
 
 
+def _unusable(r: dict[str, Any] | None) -> str | None:
+    """The text for a cell with no row or a failed row; None when the row can be shown."""
+    if r is None:
+        return MISSING
+    return None if r.get("status") == "ok" else "failed"
+
+
 def _fmt_ms(s: float | None) -> str:
     return MISSING if s is None else f"{s * 1000:,.1f}"
 
 
 def _latency(r: dict[str, Any] | None) -> str:
-    if r is None:
-        return MISSING
-    if r.get("status") != "ok":
-        return "failed"
+    if (text := _unusable(r)) is not None:
+        return text
     return f"{_fmt_ms(r['latency_s_p50'])} (p90 {_fmt_ms(r['latency_s_p90'])})"
 
 
 def _wer(r: dict[str, Any] | None) -> str:
-    if r is None:
-        return MISSING
-    if r.get("status") != "ok":
-        return "failed"
+    if (text := _unusable(r)) is not None:
+        return text
     if r.get("wer") is None:
         return f"{MISSING} (random weights)" if r.get("weights") == "random" else MISSING
     return f"{100 * r['wer']:.1f} [{100 * r['wer_ci_low']:.1f}–{100 * r['wer_ci_high']:.1f}]"
@@ -58,10 +61,8 @@ def _wer(r: dict[str, Any] | None) -> str:
 
 def _energy(r: dict[str, Any] | None, key: str) -> str:
     """Energy figures always carry their method: measured counters or a labelled estimate."""
-    if r is None:
-        return MISSING
-    if r.get("status") != "ok":
-        return "failed"
+    if (text := _unusable(r)) is not None:
+        return text
     if r.get(key) is None:
         return f"{MISSING} ({r['energy_missing_reason']})" if r.get("energy_missing_reason") else MISSING
     return f"{r[key]:.3g} ({'measured' if r.get('energy_measured') else 'estimated'})"
@@ -75,10 +76,8 @@ def _mfu(r: dict[str, Any] | None) -> str:
 
 
 def _num(r: dict[str, Any] | None, key: str, fmt: str, scale: float = 1.0) -> str:
-    if r is None:
-        return MISSING
-    if r.get("status") != "ok":
-        return "failed"
+    if (text := _unusable(r)) is not None:
+        return text
     v = r.get(key)
     return MISSING if v is None else format(v * scale, fmt)
 
@@ -92,10 +91,8 @@ def study_tables(rows: Iterable[dict[str, Any]]) -> list[Table]:
 
 
 def _max_throughput(r: dict[str, Any] | None) -> str:
-    if r is None:
-        return MISSING
-    if r.get("status") != "ok":
-        return "failed"
+    if (text := _unusable(r)) is not None:
+        return text
     if r.get("max_throughput_samples_per_s") is None:
         return f"{MISSING} (no batch succeeded: {r.get('max_throughput_stop_reason')})"
     return (f"{r['max_throughput_samples_per_s']:.2f} at b{r['max_throughput_batch_size']} "

@@ -21,7 +21,7 @@ from asrperf.data.clips import ClipCache
 from asrperf.errors import AsrperfError
 
 
-def _set_threads(threads: int) -> None:
+def set_threads(threads: int) -> None:
     """Size the CPU thread pools before any engine work (env vars for libraries not yet loaded)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
@@ -76,7 +76,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
     from asrperf.scenarios.latency import flops_fields, run_latency
 
     cell = payload["cell"]
-    _set_threads(cell["threads"])
+    set_threads(cell["threads"])
     model = ModelConfig(**cell["model"])
     row: dict[str, Any] = {
         "engine": model.engine, "model": model.display, "model_name": model.name, "weights_requested": model.weights,
@@ -94,7 +94,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         engine.load(spec, model.weights, model.dtype, cell["device"])
         row["load_s"] = time.perf_counter() - t0
-        _set_threads(cell["threads"])  # torch may have been imported by the load itself
+        set_threads(cell["threads"])  # torch may have been imported by the load itself
         row["rss_after_load_bytes"] = peak_rss_bytes()
         info = engine.info()
         # WER exists only for real weights: random outputs are noise, never a number to compare
