@@ -8,9 +8,11 @@ torch = pytest.importorskip("torch")
 
 from asrperf.measure.flops import (
     ATTENTION_OP_NAMES,
+    analytic_wav2vec2_flops,
     analytic_whisper_decoder_token_flops,
     analytic_whisper_encoder_flops,
     count_flops,
+    per_unit,
     sdpa_flops,
 )
 
@@ -56,6 +58,27 @@ def test_eager_attention_counts_the_same_as_sdpa():
     eager = count_flops(lambda: torch.softmax(q @ k.transpose(-1, -2), -1) @ v)
     fused = count_flops(torch.nn.functional.scaled_dot_product_attention, q, k, v)
     assert eager.total_flops == fused.total_flops == 4 * b * h * l * l * d
+
+
+def test_per_unit_splits_windows_prefills_and_token_steps():
+    from asrperf.measure.flops import FlopCount, ModuleCall
+
+    # two groups of windows, as the fixed-token path runs a 45 s clip: encode, prefill, steps
+    calls = (ModuleCall("Enc", 100, 2), ModuleCall("Dec", 30, 2), ModuleCall("Dec", 4, 2), ModuleCall("Dec", 6, 2),
+             ModuleCall("Enc", 50, 1), ModuleCall("Dec", 15, 1), ModuleCall("Dec", 5, 1))
+    fc = FlopCount(total_flops=212, calls=calls, by_module={"Dec.proj_out": {"aten.mm": 7}})
+    units = per_unit(fc, {"Enc": "encoder", "Dec": "decoder"}, audio_s=40.0)
+    assert units == {
+        "flops_per_audio_s": 212 / 40.0,
+        "flops_encoder_per_window": 150 / 3, "flops_encoder_windows": 3,
+        "flops_decoder_per_token": (4 + 6 + 5) / 5, "flops_decoder_tokens": 5,
+        "flops_decoder_prefill_per_window": 45 / 3,
+    }
+    # stages: roots by class name over every call (not the tracker's path, which renames a module
+    # seen once as a child), plus the tracker's direct children
+    assert fc.by_stage() == {"Enc": 150, "Dec": 60, "Dec.proj_out": 7}
+    with pytest.raises(ValueError, match="audio_s=0"):
+        per_unit(fc, {}, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -155,3 +178,80 @@ def test_whisper_tiny_decoder_token_flops_grow_only_through_attention(tiny_model
     non_attn = {k: v for k, v in short.by_op.items() if k not in ATTENTION_OP_NAMES}
     assert non_attn == {k: v for k, v in long.by_op.items() if k not in ATTENTION_OP_NAMES}
     assert long.attention_flops - short.attention_flops == LAYERS * 4 * D * (100 - 4)
+
+
+# --- through the engine: wav2vec2 under inference_mode, FLOPs per unit of work ----------------
+
+def _engine(name: str, cache_dir):
+    pytest.importorskip("transformers")
+    from asrperf.engines.catalog import resolve
+    from asrperf.engines.hf import TransformersEngine
+
+    engine = TransformersEngine(cache_dir)
+    engine.load(resolve(name), "random", "fp32", "cpu")
+    return engine
+
+
+def _noise(seconds: float):
+    import numpy as np
+
+    return (0.1 * np.random.default_rng(0).standard_normal(int(16000 * seconds))).astype(np.float32)
+
+
+def test_wav2vec2_base_is_counted_under_inference_mode_and_matches_analytic(cache_dir):
+    # the engine's transcribe runs under inference_mode; the weight-norm parametrised positional
+    # conv made torch's module tracker fail there while parameters required grad
+    engine = _engine("wav2vec2-base", cache_dir)
+    assert not any(p.requires_grad for p in engine.model.parameters())
+    fc = count_flops(lambda: engine.transcribe([_noise(1.0)], 16000))
+    # by hand, 16000 samples: conv lengths 3199, 1599, 799, 399, 199, 99, 49 frames (T = 49)
+    lengths, c_in, conv = [3199, 1599, 799, 399, 199, 99, 49], 1, 0
+    for length, k in zip(lengths, (10, 3, 3, 3, 3, 2, 2)):
+        conv += 2 * length * 512 * c_in * k
+        c_in = 512
+    conv += 2 * (49 + 1) * 768 * (768 // 16) * 128  # positional conv: kernel 128, 16 groups, T + 1 outputs
+    assert fc.by_op["aten.convolution"] == conv  # exact: torch's conv formula is the same product
+    # the rest, exact too: feature projection, 12 layers (projections, attention, FFN), CTC head
+    assert fc.total_flops == analytic_wav2vec2_flops(16000)
+    assert fc.attention_flops == 12 * 4 * 49 * 49 * 768
+    assert per_unit(fc, engine.flop_stages(), 1.0) == {
+        "flops_per_audio_s": fc.total_flops / 1.0,
+        "flops_encoder_per_window": None, "flops_encoder_missing_reason": "no fixed-window encoder in this model",
+        "flops_decoder_per_token": None,
+        "flops_decoder_missing_reason": "no autoregressive decoder in this model (one forward per clip)",
+    }
+
+
+def _decoder_token_by_hand(d: int, layers: int, cache_len: int, frames: int = 1500, vocab: int = 51865) -> int:
+    """One decoding step, written out (independent of analytic_whisper_decoder_token_flops)."""
+    self_attn_proj = 4 * d * d * 2  # Q, K, V, out of the new token
+    self_attn = 2 * (cache_len + 1) * d * 2  # scores and weighted sum over the cache and itself
+    cross_proj = 2 * d * d * 2  # Q and out only: the encoder's K, V sit in the cache since the first step
+    cross_attn = 2 * frames * d * 2
+    mlp = 2 * d * (4 * d) * 2
+    return layers * (self_attn_proj + self_attn + cross_proj + cross_attn + mlp) + d * vocab * 2
+
+
+def test_whisper_tiny_flops_per_window_and_per_token_through_the_engine(cache_dir):
+    engine = _engine("whisper-tiny", cache_dir)
+    fc = count_flops(lambda: engine.transcribe([_noise(5.0)], 16000))
+    units = per_unit(fc, engine.flop_stages(), 5.0)
+    # random weights decode 3 tokens per audio second: 15, after the multilingual prompt of 4
+    # (<|startoftranscript|> <|en|> <|transcribe|> <|notimestamps|>); the first step reads the
+    # prompt (cache 0), step j = 2..15 reads one token with cache 4 + j - 2
+    prompt, n_new = 4, 15
+    by_hand = [_decoder_token_by_hand(D, LAYERS, prompt + j) for j in range(n_new - 1)]
+    print(f"\nwhisper-tiny: decoder {units['flops_decoder_per_token'] / 1e6:.3f} MFLOPs/token counted, "
+          f"{sum(by_hand) / len(by_hand) / 1e6:.3f} by hand; prefill "
+          f"{units['flops_decoder_prefill_per_window'] / 1e9:.3f} GFLOPs/window")
+    assert units["flops_decoder_tokens"] == n_new - 1
+    # tolerance: exact up to the float mean (FlopCounterMode counts the same products)
+    assert units["flops_decoder_per_token"] == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-9)
+    assert by_hand == [analytic_whisper_decoder_token_flops(D, LAYERS, cache_len=prompt + j) for j in range(n_new - 1)]
+    # the prefill pays the cross-attention K and V of the window once (2 projections of 1500 frames per layer)
+    cross_kv = LAYERS * 2 * (2 * 1500 * D * D)
+    assert cross_kv < units["flops_decoder_prefill_per_window"] < cross_kv + prompt * by_hand[0]
+    assert units["flops_encoder_windows"] == 1
+    assert units["flops_encoder_per_window"] == pytest.approx(analytic_whisper_encoder_flops(D, LAYERS), rel=0.02)
+    assert units["flops_per_audio_s"] == fc.total_flops / 5.0
+    assert sum(c.flops for c in fc.calls) == pytest.approx(fc.total_flops, rel=0.01)  # all but generate's own ops

@@ -36,16 +36,16 @@ def _build_config(
     threads: str | None, n_clips: int | None, store: Path | None, cache_dir: Path | None, isolate: bool | None,
     timeout: float | None, manifest: Path | None, folder: Path | None, hf_dataset: str | None,
     hf_config: str | None, split: str | None, weights: str | None, dtype: str | None,
+    quant: str | None = None, attn: str | None = None, compile_: bool | None = None,
 ) -> RunConfig:
     base = load_config(config) if config else config_from_dict(default_config_dict(), "embedded default")
     changes: dict = {}
     if models:
         changes["models"] = tuple(dataclasses.replace(base.models[0], name=m, label="", weights="auto") for m in models)
-    if weights or dtype:
-        changes["models"] = tuple(
-            dataclasses.replace(m, **({"weights": weights} if weights else {}), **({"dtype": dtype} if dtype else {}))
-            for m in changes.get("models", base.models)
-        )
+    per_model = {k: v for k, v in (("weights", weights), ("dtype", dtype), ("quant", quant), ("attn", attn),
+                                   ("compile", compile_)) if v is not None}
+    if per_model:
+        changes["models"] = tuple(dataclasses.replace(m, **per_model) for m in changes.get("models", base.models))
     for key, value in (("clip_lengths_s", _floats(lengths, "lengths")),
                        ("batch_sizes", tuple(int(b) for b in _floats(batch, "batch") or ()) or None),
                        ("threads", tuple(int(t) for t in _floats(threads, "threads") or ()) or None),
@@ -74,14 +74,17 @@ _CONFIG_ARG = typer.Argument(None, help="TOML run description; flags override it
 def run(
     config: Optional[Path] = _CONFIG_ARG,
     model: list[str] = typer.Option([], "--model", "-m", help="Catalog name, Hub id or local checkpoint dir (repeatable)."),
-    engine: list[str] = typer.Option([], "--engine", "-e", help="transformers | ct2 (repeatable: every model through each)."),
+    engine: list[str] = typer.Option([], "--engine", "-e", help="transformers | ct2 | ort | nemo (repeatable: every model through each)."),
     lengths: Optional[str] = typer.Option(None, help="Clip lengths in seconds, e.g. 5,15,30,60."),
     batch: Optional[str] = typer.Option(None, help="Batch sizes, e.g. 1,4,16."),
     device: list[str] = typer.Option([], help="cpu, cuda or cuda:N (repeatable)."),
     threads: Optional[str] = typer.Option(None, help="CPU threads per cell, e.g. 1,2 (0 = all cores)."),
     n_clips: Optional[int] = typer.Option(None, help="Clips per length."),
     weights: Optional[str] = typer.Option(None, help="auto | real | random, for every model."),
-    dtype: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 (any engine); int8 | int8_float32 | int8_float16 | int8_bfloat16 (engine ct2)."),
+    dtype: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 (engines transformers, ct2); int8 | int8_float32 | int8_float16 | int8_bfloat16 (engine ct2); fp32 | int8 (engine ort); fp32 (engine nemo)."),
+    quant: Optional[str] = typer.Option(None, help="none | int8_dynamic | int8_weight_only, for every model (engine transformers)."),
+    attn: Optional[str] = typer.Option(None, help="sdpa | eager | flash_attention_2 (CUDA, fp16/bf16), for every model (engine transformers)."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile every model; Whisper decodes with a static KV cache (engine transformers)."),
     manifest: Optional[Path] = typer.Option(None, help="CSV/TSV/JSONL manifest with audio and text columns."),
     folder: Optional[Path] = typer.Option(None, help="Folder of audio files with same-name .txt transcripts."),
     hf_dataset: Optional[str] = typer.Option(None, help="Hugging Face dataset name or save_to_disk folder."),
@@ -100,7 +103,8 @@ def run(
     from asrperf.run.runner import run as run_cells
 
     cfg = _build_config(config, model, lengths, batch, device, threads, n_clips, store, cache_dir, isolate,
-                        timeout, manifest, folder, hf_dataset, hf_config, split, weights, dtype)
+                        timeout, manifest, folder, hf_dataset, hf_config, split, weights, dtype,
+                        quant=quant, attn=attn, compile_=compile_)
     if engine:  # the same checkpoints through several engines, side by side
         cfg = dataclasses.replace(cfg, models=tuple(dataclasses.replace(m, engine=e) for e in engine
                                                     for m in cfg.models)).validate()
@@ -149,9 +153,14 @@ def prepare(
         out.print(f"{length:g} s: {cfg.n_clips} clip(s) in {Path(cfg.cache_dir) / 'clips' / key}")
 
 
-def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path | None = None) -> None:
+def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path | None = None,
+                  thresholds: Path | None = None, html: Path | None = None, plots_dir: Path | None = None) -> None:
+    from asrperf.report.recommend import Thresholds, load_thresholds, recommend, recommendations_table
+    from asrperf.report.profile_tables import profile_tables
     from asrperf.report.tables import environment_lines, render_rich, study_tables, to_markdown
     from asrperf.results.store import Store, export_rows
+
+    limits = load_thresholds(thresholds) if thresholds else Thresholds()
 
     if not Path(store_path).is_file():
         raise ConfigError(f"no results store at {store_path}; run `asrperf run` first or pass --store")
@@ -164,19 +173,22 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
             raise ConfigError(f"run '{rid}' is not in {store_path}; runs: {', '.join(r['run_id'] for r in runs)}")
         rows = store.rows(None if run_id == "all" else rid)
         envs = [(r["run_id"], r["env"]) for r in runs if run_id == "all" or r["run_id"] == rid]
+    if html or plots_dir:
+        _write_html(rows, [r for r in runs if run_id == "all" or r["run_id"] == rid], html, plots_dir, limits)
+        return
     if fmt in ("csv", "json"):
         path = output or Path(f"asrperf-{rid}.{fmt}")
         export_rows(rows, path)
         console.print(f"wrote {len(rows)} row(s) to {path}")
         return
-    tables = study_tables(rows)
+    tables = study_tables(rows) + profile_tables(rows) + [recommendations_table(recommend(rows, limits))]
     env_text = [line for r, e in envs for line in environment_lines(e, r)]
     if fmt == "markdown":
         text = to_markdown(tables) + "\n" + "\n".join(f"- {line.strip()}" for line in env_text) + "\n"
         if output:
             output.write_text(text)
         else:
-            out.print(text, markup=False, highlight=False)
+            out.print(text, markup=False, highlight=False, soft_wrap=True)  # markdown rows must stay one line
         return
     out.print(render_rich(tables))
     for line in env_text:
@@ -189,11 +201,72 @@ def report(
     run_id: Optional[str] = typer.Option(None, "--run", help="Run id (default: the latest; 'all' for every run)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | markdown | csv | json."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="File for markdown/csv/json."),
+    thresholds: Optional[Path] = typer.Option(None, help="TOML file with a recommend table: wer_bound, realtime_clip_s, ... (see asrperf.report.recommend)."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write one self-contained HTML page (tables, plots)."),
+    plots_dir: Optional[Path] = typer.Option(None, "--plots-dir",
+                                             help="Write each plot as <name>.png here (with or without --html)."),
 ) -> None:
-    """Print the study-style tables (or export rows) from the results store."""
+    """Print the study-style tables and the recommendations (or export rows) from the results store."""
     if fmt not in ("table", "markdown", "csv", "json"):
         raise ConfigError(f"--format: '{fmt}' is not one of table, markdown, csv, json")
-    _print_report(store, run_id, fmt, output)
+    _print_report(store, run_id, fmt, output, thresholds, html, plots_dir)
+
+
+def _write_html(rows: list[dict], runs: list[dict], html: Path | None, plots_dir: Path | None,
+                limits: object) -> None:
+    from asrperf.report.html import render_html
+    from asrperf.report.plots import make_plots, write_pngs
+
+    plots = make_plots(rows)
+    for p in plots:
+        if p.missing:
+            console.print(f"plot {p.title}: {p.missing}", markup=False, highlight=False)
+    if plots_dir:
+        written = write_pngs(plots, plots_dir)
+        console.print(f"wrote {len(written)} plot(s) to {plots_dir}", markup=False, highlight=False)
+    if html:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(render_html(rows, runs, plots, thresholds=limits), encoding="utf-8")
+        console.print(f"wrote {html} ({len(rows)} cell(s), {sum(p.png is not None for p in plots)} plot(s))",
+                      markup=False, highlight=False)
+
+
+@app.command()
+def compare(
+    a: str = typer.Argument(..., help="Baseline: a store file (its latest run), STORE:RUN_ID, or a run id in --store."),
+    b: str = typer.Argument(..., help="Candidate, named the same ways."),
+    store: Path = typer.Option(Path("asrperf-results/results.sqlite"), help="Store for bare run ids."),
+    threshold: float = typer.Option(0.05, help="Smallest change that counts (0.05 = 5%; relative to A for WER)."),
+    fail_on_regression: bool = typer.Option(True, "--fail-on-regression/--no-fail-on-regression",
+                                            help="Exit 4 when a regression beyond the threshold is found."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | markdown | json."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File for markdown/json."),
+) -> None:
+    """Compare run B against run A cell by cell: changes with 95% CIs and a verdict per metric."""
+    from asrperf.report.compare import compare as compare_runs
+    from asrperf.report.compare import render_rich, to_json, to_markdown
+
+    if fmt not in ("table", "markdown", "json"):
+        raise ConfigError(f"--format: '{fmt}' is not one of table, markdown, json")
+    with console.status("comparing (bootstrap CIs, WER re-scored)"):
+        result = compare_runs(a, b, store, threshold)
+    if fmt == "table":
+        out.print(render_rich(result))
+    else:
+        text = to_markdown(result) if fmt == "markdown" else to_json(result)
+        if output:
+            output.write_text(text)
+            console.print(f"wrote the comparison to {output}")
+        else:
+            out.print(text, markup=False, highlight=False, soft_wrap=True)
+    if result.regressions:
+        by_cell: dict[str, list[str]] = {}
+        for cell, metric in result.regressions:
+            by_cell.setdefault(cell, []).append(metric)
+        console.print(f"[red]{len(result.regressions)} regression(s) beyond {100 * threshold:g}%[/red]: "
+                      + escape("; ".join(f"{c} ({', '.join(m)})" for c, m in by_cell.items())), highlight=False)
+        if fail_on_regression:
+            raise typer.Exit(4)
 
 
 @app.command()
@@ -264,6 +337,55 @@ def profile(
 
 
 @app.command()
+def optimize(
+    model: str = typer.Argument(..., help="Catalog name, Hub id or local checkpoint dir."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run description for source, timing, store."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    length: float = typer.Option(60.0, help="Clip length in seconds."),
+    batch: int = typer.Option(1, help="Batch size."),
+    n_clips: Optional[int] = typer.Option(None, help="Clips (WER is scored over all of them)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (0 = all cores)."),
+    weights: str = typer.Option("auto", help="auto | real | random (random: no accuracy gate)."),
+    engine: list[str] = typer.Option([], "--engine", "-e", help="Restrict to these engines (repeatable)."),
+    compile_: bool = typer.Option(True, "--compile/--no-compile", help="Try torch.compile variants (slow to build)."),
+    wer_budget: float = typer.Option(0.5, help="Largest WER increase allowed, in absolute points."),
+    output: Path = typer.Option(Path("asrperf-optimized.toml"), "--output", "-o", help="Where the winning config goes."),
+    store: Optional[Path] = typer.Option(None, help="Results database (SQLite)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Cache for corpora, clips and converted weights."),
+) -> None:
+    """Try the variants that apply here; keep the fastest within the WER budget; write it as a config."""
+    from rich.table import Table as RichTable
+
+    from asrperf.optimize import TRIAL_COLUMNS, optimize as run_optimize, trials_table, write_winner
+
+    if wer_budget < 0:
+        raise ConfigError(f"--wer-budget: {wer_budget} must be >= 0 (absolute WER points)")
+    base = _build_config(config, [model], None, None, [device], None if threads is None else str(threads), n_clips,
+                         store, cache_dir, None, None, None, None, None, None, None, weights, None)
+    with console.status("optimize: preparing clips") as status:
+        result = run_optimize(
+            model, base, device=device, clip_length_s=length, batch_size=batch, wer_budget=wer_budget / 100,
+            engines=tuple(engine), compile=compile_,
+            on_cell=lambda cell, state, i, n: status.update(escape(f"optimize: cell {i + 1}/{n}: {state}"[:100])),
+            on_prepare=lambda what, d, t: status.update(escape(f"optimize: {what} {d}/{t}")),
+        )
+    table = RichTable(title=f"asrperf optimize {escape(model)}: {length:g} s clips, batch {batch}, {escape(device)}"
+                            f" (run {result.run_id})")
+    for col in TRIAL_COLUMNS:
+        table.add_column(col)
+    for row in trials_table(result):
+        table.add_row(*(escape(v) for v in row))
+    out.print(table)
+    if result.note:
+        console.print(f"[yellow]{escape(result.note)}[/yellow]")
+    path = write_winner(result, base, output)
+    w = result.winner
+    console.print(f"fastest within +{wer_budget:g} WER points: {escape(w.row['model'])} "
+                  f"({escape(w.model.engine)}, {escape(w.model.dtype)}); wrote {escape(str(path))} "
+                  f"(run it with `asrperf run {escape(str(path))}`)")
+
+
+@app.command()
 def doctor() -> None:
     """List the engines, extras, data sources and devices usable on this machine, and why not."""
     from rich.table import Table
@@ -281,7 +403,8 @@ def doctor() -> None:
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        # without standalone mode, click returns a command's typer.Exit code instead of exiting with it
+        code = app(standalone_mode=False)
     except AsrperfError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -297,3 +420,5 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -21,8 +21,15 @@ WEIGHTS_CHOICES = ("auto", "real", "random")
 # fp32/fp16/bf16 for every engine; the int8 CTranslate2 compute types for engine ct2 only
 # (an engine that cannot run a dtype says so when it loads)
 DTYPE_CHOICES = ("fp32", "fp16", "bf16", "int8", "int8_float32", "int8_float16", "int8_bfloat16")
+# Optimisation options of a [[models]] table (engine transformers only); the first choice is the baseline.
+# int8_dynamic: int8 weights and per-token int8 activations in every Linear; int8_weight_only: int8
+# weights dequantised to the activation dtype inside the matmul (both quantize at load time)
+QUANT_CHOICES = ("none", "int8_dynamic", "int8_weight_only")
+ATTN_CHOICES = ("sdpa", "eager", "flash_attention_2")
+VARIANT_ENGINES = ("transformers",)  # engines that implement quant / attn / compile / cuda_graphs
 CLIP_MODES = ("exact", "loop")
-SCENARIOS = ("latency", "max_throughput")
+SCENARIOS = ("latency", "max_throughput", "profile", "decode")
+MAX_DECODE_TOKENS = 440  # Whisper decodes at most 448 positions, prompt included
 
 
 @dataclass(frozen=True)
@@ -34,10 +41,79 @@ class ModelConfig:
     weights: str = "auto"  # auto: real if available offline, else random; real: must load real; random: never
     dtype: str = "fp32"
     label: str = ""  # column name in reports; defaults to `name`
+    quant: str = "none"  # QUANT_CHOICES; engines ct2/ort quantize through `dtype` instead
+    attn: str = "sdpa"  # ATTN_CHOICES: the attention implementation the model runs
+    compile: bool = False  # torch.compile the model; Whisper then decodes with a static KV cache
+    cuda_graphs: bool = False  # CUDA only, with compile: torch.compile mode "reduce-overhead"
 
     @property
     def display(self) -> str:
         return self.label or self.name
+
+    @property
+    def options(self) -> "VariantOptions":
+        return VariantOptions(self.quant, self.attn, self.compile, self.cuda_graphs)
+
+    @property
+    def variant(self) -> str:
+        """Short label of how the model runs: "fp32" for the baseline, else e.g. "fp32+quant=int8_dynamic"."""
+        return self.options.label(self.dtype)
+
+
+@dataclass(frozen=True)
+class VariantOptions:
+    """The optimisation options of a model, as the engine receives them (ModelSpec.options)."""
+
+    quant: str = "none"
+    attn: str = "sdpa"
+    compile: bool = False
+    cuda_graphs: bool = False
+
+    def label(self, dtype: str) -> str:
+        """dtype, then each option that is not the baseline: "fp16+compile+cuda_graphs"."""
+        opts = dataclasses.asdict(self).items()  # field order: quant, attn, compile, cuda_graphs
+        return "+".join([dtype] + [k if v is True else f"{k}={v}" for k, v in opts if v not in ("none", "sdpa", False)])
+
+    @property
+    def is_baseline(self) -> bool:
+        return self == VariantOptions()
+
+
+def check_variant(m: ModelConfig, device: str | None = None) -> None:
+    """Reject a model's impossible option combinations, naming both options; with `device`, those
+    that depend on it too. Whether a library is installed is checked when the engine loads."""
+    _choice("models.quant", m.quant, QUANT_CHOICES)
+    _choice("models.attn", m.attn, ATTN_CHOICES)
+    for key in ("compile", "cuda_graphs"):
+        if not isinstance(getattr(m, key), bool):
+            raise ConfigError(f"models.{key}: {getattr(m, key)!r} is not true or false")
+    if m.engine not in VARIANT_ENGINES:
+        if m.quant != "none":
+            raise ConfigError(f"{m.name}: quant = '{m.quant}' with engine = '{m.engine}': engine {m.engine} "
+                              f"quantizes through dtype (e.g. dtype = 'int8'); remove quant")
+        for key, base in (("attn", "sdpa"), ("compile", False), ("cuda_graphs", False)):
+            if getattr(m, key) != base:
+                raise ConfigError(f"{m.name}: {key} = {getattr(m, key)!r} with engine = '{m.engine}': only engine "
+                                  f"{'/'.join(VARIANT_ENGINES)} has this option; remove {key} or use that engine")
+    if m.quant != "none" and m.dtype.startswith("int8"):
+        raise ConfigError(f"{m.name}: quant = '{m.quant}' with dtype = '{m.dtype}': int8 dtypes are the "
+                          f"ct2/ort engines' own quantization; use dtype fp32/fp16/bf16 with quant")
+    if m.cuda_graphs and not m.compile:
+        raise ConfigError(f"{m.name}: cuda_graphs = true needs compile = true (torch.compile captures the CUDA "
+                          "graphs, mode 'reduce-overhead'); set compile = true")
+    if m.attn == "flash_attention_2" and m.dtype not in ("fp16", "bf16"):
+        raise ConfigError(f"{m.name}: attn = 'flash_attention_2' with dtype = '{m.dtype}': flash-attn runs "
+                          "fp16/bf16 only; set dtype fp16 or bf16")
+    if device is None or device.startswith("cuda"):
+        return
+    if m.cuda_graphs:
+        raise ConfigError(f"{m.name}: cuda_graphs = true with device '{device}': CUDA graphs need a CUDA device")
+    if m.attn == "flash_attention_2":
+        raise ConfigError(f"{m.name}: attn = 'flash_attention_2' with device '{device}': flash-attn is CUDA "
+                          "only; use attn 'sdpa' or 'eager' on CPU")
+    if m.quant == "int8_dynamic" and m.dtype != "fp32":
+        raise ConfigError(f"{m.name}: quant = 'int8_dynamic' with dtype = '{m.dtype}' on device '{device}': the "
+                          "CPU int8 kernels (torch.ao quantize_dynamic) take fp32 activations; set dtype fp32")
 
 
 @dataclass(frozen=True)
@@ -71,6 +147,7 @@ class RunConfig:
     flops: bool = False  # count FLOPs of one call per cell and measure the device's peak (MFU); ~1 call more
     max_batch: int = 64  # max_throughput scenario: largest batch the search may try
     memory_budget_gib: float = 0.0  # max_throughput scenario: stop before this much device memory (0: none)
+    decode_tokens: int = 50  # decode scenario: tokens in the per-token curve (covers positions 1, 10, 50); 0: no curve
     timing: TimingConfig = TimingConfig()
     isolate: bool = True  # each cell in its own process
     cell_timeout_s: float = 1800.0
@@ -83,6 +160,8 @@ class RunConfig:
         for m in self.models:
             _choice("models.weights", m.weights, WEIGHTS_CHOICES)
             _choice("models.dtype", m.dtype, DTYPE_CHOICES)
+            for d in self.devices:
+                check_variant(m, d)
         _choice("clip_mode", self.clip_mode, CLIP_MODES)
         for s in self.scenarios:
             _choice("scenarios", s, SCENARIOS)
@@ -98,6 +177,8 @@ class RunConfig:
         for d in self.devices:
             if not (d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
                 raise ConfigError(f"devices: '{d}' is not a device; use 'cpu', 'cuda' or 'cuda:N'")
+        if not 0 <= self.decode_tokens <= MAX_DECODE_TOKENS:
+            raise ConfigError(f"decode_tokens: {self.decode_tokens} must be in [0, {MAX_DECODE_TOKENS}] (0: no per-token curve)")
         if self.n_clips < 1:
             raise ConfigError(f"n_clips: {self.n_clips} must be >= 1")
         t = self.timing
@@ -117,6 +198,12 @@ class RunConfig:
 
         d = dataclasses.asdict(self)
         d.pop("store"), d.pop("cache_dir"), d.pop("isolate"), d.pop("cell_timeout_s")
+        if "decode" not in self.scenarios:  # only the decode scenario reads it: other runs keep their ids
+            d.pop("decode_tokens")
+        for m in d["models"]:  # baseline options are left out: runs from before they existed keep their ids
+            for key, base in dataclasses.asdict(VariantOptions()).items():
+                if m[key] == base:
+                    m.pop(key)
         d["asrperf_version"] = __version__
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from asrperf.config import VariantOptions
 # Inside the timer, for every engine (DESIGN.md "Timed region"): clips are already decoded and
 # resampled; the call covers everything from waveform to text.
 TIMED_REGION = ("feature_extraction", "host_to_device", "model_forward_and_decoding", "detokenize")
@@ -29,6 +30,9 @@ class ModelSpec:
     source: str  # Hub id or local directory holding real weights ("" if none is known)
     architecture: dict[str, Any] = field(default_factory=dict)  # config kwargs for random weights
     english_only: bool = False
+    # how to run it beyond weights and dtype (validated by config.check_variant: only engines in
+    # config.VARIANT_ENGINES are ever given options other than the baseline)
+    options: VariantOptions = VariantOptions()
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,15 @@ class Transcription:
 
     texts: list[str]
     tokens: list[int]  # generated tokens (seq2seq) or CTC frames decoded to non-blank labels
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """What holds a loaded model's weights, so the memory measurer can size them."""
+
+    module: Any = None  # a torch.nn.Module: its parameters and buffers, as they sit in memory
+    files: tuple[Path, ...] = ()  # the model files a runtime loaded, when its in-memory copy is out of sight
+    note: str = ""  # how those files relate to what is in memory (stored vs compute precision)
 
 
 class Engine(ABC):
@@ -68,6 +81,19 @@ class Engine(ABC):
     def stages(self) -> tuple[str, ...]:
         """Names of the stages the engine marks inside a call (for the profiler)."""
         return ()
+
+    def loaded_weights(self) -> LoadedWeights | None:
+        """What holds the loaded weights (call after load); None when the engine cannot say."""
+        return None
+
+    def flop_stages(self) -> dict[str, str]:
+        """Top-level torch module class -> its role in a call, for FLOPs per unit of work.
+
+        Roles: "encoder" (each output row is one fixed 30 s window) and "decoder" (each call after
+        the first one following an encoder call emits one token per row). Empty when the model
+        has neither (CTC: one forward per clip) or does not run as torch modules.
+        """
+        return {}
 
 
 def cpu_threads() -> int:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from asrperf.cache import build_once
-from asrperf.engines.base import GREEDY_DECODING, Engine, ModelSpec, Transcription, cpu_threads
+from asrperf.engines.base import GREEDY_DECODING, Engine, LoadedWeights, ModelSpec, Transcription, cpu_threads
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
 from asrperf.engines.hf import WINDOW_SAMPLES
 from asrperf.errors import ModelError, require
@@ -168,6 +168,7 @@ class CTranslate2Engine(Engine):
         # first 30 s of a clip, or once for a whole batch of short clips)
         self.language = None if self.model.model.is_multilingual else "en"
         self.spec = spec
+        self.model_dir = path
         self._info.update(
             engine_version=fw.__version__,
             ctranslate2_version=ct2.__version__,
@@ -285,6 +286,11 @@ class CTranslate2Engine(Engine):
 
     def synchronize(self) -> None:
         """No-op: CTranslate2 returns results to the host, so each call has finished on return."""
+
+    def loaded_weights(self) -> LoadedWeights:
+        """model.bin on disk: CTranslate2's in-memory copy is not visible from Python."""
+        return LoadedWeights(files=(self.model_dir / "model.bin",),
+                             note=f"CTranslate2 holds the weights as compute type {self.model.model.compute_type}")
 
     def info(self) -> dict[str, Any]:
         """Provenance for the result row.

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from asrperf.config import VariantOptions
 from asrperf.data.audio import SAMPLE_RATE
-from asrperf.engines.base import GREEDY_DECODING, Engine, ModelSpec, Transcription
+from asrperf.engines.base import GREEDY_DECODING, Engine, LoadedWeights, ModelSpec, Transcription
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
 from asrperf.errors import ConfigError, ModelError, require
 
@@ -122,6 +123,7 @@ class TransformersEngine(Engine):
     name = "transformers"
     extra = "hf"
     runs_torch = True
+    _compiled = False  # set by load: torch.compile is on, so each call counts the graphs it compiled
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, spec: ModelSpec, weights: str, dtype: str, device: str) -> None:
@@ -150,13 +152,18 @@ class TransformersEngine(Engine):
                 weights = "real"
         self.weights = weights
         self.family = family or spec.family
-        self.model = model.to(self.device, self.dtype).eval()
-        if self.family == "whisper":
+        # frozen: inference never needs gradients, and torch's FLOP counter (its module tracker)
+        # cannot follow parameters that require grad into a module under inference_mode, which
+        # wav2vec2's weight-norm parametrised positional conv does
+        self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
+        n_params = sum(p.numel() for p in self.model.parameters())  # before quantization packs the Linears
+        self._apply_options(spec.options, dtype)
+        if self.family == "whisper" and not spec.options.compile:
+            # (the marks open in a pre-hook and close in a post-hook, which torch.compile cannot trace)
             _mark_module(self.model.get_encoder(), "encoder")
             _mark_module(self.model.get_decoder(), "decoder")
         self.fe, self.tok = fe, tok
         self.spec = spec
-        n_params = sum(p.numel() for p in self.model.parameters())
         self._info.update(
             engine_version=self.tf.__version__,
             torch_version=self.torch.__version__,
@@ -166,6 +173,40 @@ class TransformersEngine(Engine):
             device=str(self.device),
             decoding=GREEDY_DECODING,
         )
+
+    def _apply_options(self, options: VariantOptions, dtype: str) -> None:
+        """Attention implementation, int8 quantization, torch.compile, in that order; records what ran."""
+        from asrperf.engines import hf_variants
+
+        attn = hf_variants.set_attention(self.model, options.attn)
+        quant_library = None
+        if options.quant != "none":
+            self.model, quant_library = hf_variants.quantize(self.model, options.quant, self.device.type,
+                                                             options.compile)
+        mode = hf_variants.compile_mode(options) if options.compile else None
+        if mode is not None and self.family == "whisper":
+            hf_variants.compile_whisper(self.model, self.tf, mode)
+        elif mode is not None:
+            hf_variants.compile_forward(self.model, mode)
+        self._compiled = options.compile
+        self._info.update(
+            variant=options.label(dtype), quant=options.quant, quant_library=quant_library,
+            attn=options.attn, attn_implementation=attn, compile=options.compile, compile_mode=mode,
+            cuda_graphs=options.cuda_graphs,
+            kv_cache=("n/a (CTC)" if self.family != "whisper" else "static" if options.compile else "dynamic"),
+        )
+
+    def _record_compiles(self, before: tuple[int, int, float]) -> None:
+        """Graphs torch.compile built during the call just made, the graph breaks it met (each one
+        a piece left to eager mode) and the seconds it spent compiling."""
+        from asrperf.engines.hf_variants import compile_counters
+
+        graphs, breaks, seconds = compile_counters()
+        per_call = self._info.setdefault("compiled_graphs_per_call", [])
+        per_call.append(graphs - before[0])
+        self._info["compiled_graphs"] = sum(per_call)
+        self._info["compile_graph_breaks"] = self._info.get("compile_graph_breaks", 0) + breaks - before[1]
+        self._info["compile_s"] = self._info.get("compile_s", 0.0) + seconds - before[2]
 
     def _family_of(self, path: str | Path) -> str:
         cfg = self.tf.AutoConfig.from_pretrained(str(path))
@@ -246,12 +287,21 @@ class TransformersEngine(Engine):
 
     # -- the timed call ----------------------------------------------------------------------
     def transcribe(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
+        before = None
+        if self._compiled:
+            from asrperf.engines.hf_variants import compile_counters
+
+            before = compile_counters()
         with self.torch.inference_mode():
             if self.family == "ctc":
-                return self._ctc(audios, sample_rate)
-            if self.weights == "random":
-                return self._whisper_fixed_tokens(audios, sample_rate)
-            return self._whisper(audios, sample_rate)
+                out = self._ctc(audios, sample_rate)
+            elif self.weights == "random":
+                out = self._whisper_fixed_tokens(audios, sample_rate)
+            else:
+                out = self._whisper(audios, sample_rate)
+        if before is not None:
+            self._record_compiles(before)
+        return out
 
     def _ctc(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
         with _stage("feature_extraction"):
@@ -359,3 +409,12 @@ class TransformersEngine(Engine):
 
     def stages(self) -> tuple[str, ...]:
         return STAGES
+
+    def loaded_weights(self) -> LoadedWeights:
+        return LoadedWeights(module=self.model)
+
+    def flop_stages(self) -> dict[str, str]:
+        if self.family != "whisper":
+            return {}
+        # generate() calls the encoder module, then the whole model once per decoding step
+        return {type(self.model.get_encoder()).__name__: "encoder", type(self.model).__name__: "decoder"}

@@ -79,6 +79,15 @@ def attention_mapping() -> dict[Any, Callable[..., int]]:
 
 
 @dataclass(frozen=True)
+class ModuleCall:
+    """One call of a top-level module (one not called from inside another module's forward)."""
+
+    module: str  # its class name ("WhisperEncoder")
+    flops: int  # FLOPs counted between its entry and its exit, children included
+    rows: int  # leading dimension of its first output tensor: batch rows (windows, sequences, clips)
+
+
+@dataclass(frozen=True)
 class FlopCount:
     """FLOPs of one call: total, per aten op, and per module (a module's count includes its children)."""
 
@@ -86,6 +95,7 @@ class FlopCount:
     by_op: dict[str, int] = field(default_factory=dict)  # "aten.mm" -> FLOPs
     # module path as torch's ModuleTracker names it ("WhisperEncoder.layers.0.self_attn") -> op -> FLOPs
     by_module: dict[str, dict[str, int]] = field(default_factory=dict)
+    calls: tuple[ModuleCall, ...] = ()  # every top-level module call, in order
 
     @property
     def gflops(self) -> float:
@@ -104,8 +114,16 @@ class FlopCount:
         step, so the roots are the stages (encoder vs decoder steps + head); their direct
         children ("WhisperForConditionalGeneration.proj_out") split them one level further.
         The roots sum to the total less the few ops run outside any module (generate's loop).
+        Roots come from `calls` where recorded: the tracker renames a module it has once seen as
+        a child (a second 30 s window's encoder would land under "WhisperForConditionalGeneration.
+        model.encoder" and drop out of the roots), the class name of a top-level call does not.
         """
-        return {path: sum(ops.values()) for path, ops in self.by_module.items() if path.count(".") <= 1}
+        stages = {path: sum(ops.values()) for path, ops in self.by_module.items() if path.count(".") == 1}
+        if not self.calls:
+            stages.update({path: sum(ops.values()) for path, ops in self.by_module.items() if "." not in path})
+        for call in self.calls:
+            stages[call.module] = stages.get(call.module, 0) + call.flops
+        return stages
 
     def module_flops(self, suffix: str) -> int:
         """Sum over modules whose path ends with `suffix` (e.g. "self_attn"), children included."""
@@ -121,16 +139,102 @@ def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> FlopCount:
 
     The call really runs, on whatever device its tensors live (meta tensors work and cost nothing,
     but take the math attention path, not the kernel a real run uses). Grad mode is the caller's:
-    wrap `fn` in `torch.no_grad()` for inference; a forward's count does not depend on it.
+    wrap `fn` in `torch.no_grad()` for inference; a forward's count does not depend on it. Under
+    `torch.inference_mode()` the parameters must not require grad (`model.requires_grad_(False)`):
+    torch's module tracker hooks every module input that does, and a weight-norm parametrisation
+    (wav2vec2's positional conv) passes its parameters as inputs, which fails in that mode.
+    Every top-level module call is recorded in `calls` (FLOPs and batch rows), for `per_unit`.
     """
+    import torch
+    from torch.nn.modules import module as nn_module
     from torch.utils.flop_counter import FlopCounterMode
 
+    calls: list[ModuleCall] = []
+    depth = [0]
+    entry_flops: list[int] = []
+
     with FlopCounterMode(display=False, custom_mapping=attention_mapping()) as counter:
-        fn(*args, **kwargs)
+        def enter(mod: Any, inputs: Any) -> None:
+            if depth[0] == 0:
+                entry_flops.append(counter.get_total_flops())
+            depth[0] += 1
+
+        def leave(mod: Any, inputs: Any, output: Any) -> None:
+            depth[0] -= 1
+            if depth[0] == 0:
+                calls.append(ModuleCall(type(mod).__name__, int(counter.get_total_flops() - entry_flops.pop()),
+                                        _leading_dim(output, torch.Tensor)))
+
+        handles = [nn_module.register_module_forward_pre_hook(enter), nn_module.register_module_forward_hook(leave)]
+        try:
+            fn(*args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
     counts = counter.get_flop_counts()
     by_op = {str(op): int(n) for op, n in counts.get("Global", {}).items()}
     by_module = {mod: {str(op): int(n) for op, n in ops.items()} for mod, ops in counts.items() if mod != "Global"}
-    return FlopCount(total_flops=int(counter.get_total_flops()), by_op=by_op, by_module=by_module)
+    return FlopCount(total_flops=int(counter.get_total_flops()), by_op=by_op, by_module=by_module, calls=tuple(calls))
+
+
+def _leading_dim(output: Any, tensor_type: type) -> int:
+    """Leading dimension of the first tensor in a module's output (tensor, tuple, or ModelOutput dict)."""
+    if isinstance(output, tensor_type):
+        return int(output.shape[0]) if output.dim() else 1
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    for v in values:
+        rows = _leading_dim(v, tensor_type)
+        if rows:
+            return rows
+    return 0
+
+
+def per_unit(fc: FlopCount, roles: dict[str, str], audio_s: float) -> dict[str, Any]:
+    """FLOPs per unit of work from one counted call, as row fields (a None comes with its reason).
+
+    `roles` maps a top-level module class to "encoder" or "decoder" (Engine.flop_stages()).
+
+        flops_per_audio_s          all FLOPs of the call / seconds of audio it transcribed
+        flops_encoder_per_window   encoder FLOPs / windows encoded (rows over encoder calls; each
+                                   row is one 30 s window, padded when the clip is shorter)
+        flops_decoder_per_token    FLOPs of the decoder steps / tokens they emitted, where a step
+                                   is a decoder call that is not the first after an encoder call,
+                                   and emits one token per row. The first call after each encoder
+                                   call ("prefill") reads the whole prompt and computes the cross-
+                                   attention keys and values of the new encoder output, which the
+                                   cache keeps for every later step (transformers' EncoderDecoder-
+                                   Cache); it is reported apart, per window, as it is paid once.
+    Each step's cost grows with the tokens before it (self-attention over the cache), so the per-
+    token figure is the mean over the positions this call decoded.
+    """
+    if audio_s <= 0:
+        raise ValueError(f"per_unit: audio_s={audio_s}; pass the seconds of audio the counted call transcribed")
+    out: dict[str, Any] = {"flops_per_audio_s": fc.total_flops / audio_s}
+    enc_flops = enc_rows = step_flops = step_rows = prefill_flops = prefill_rows = 0
+    previous = ""
+    for call in fc.calls:
+        role = roles.get(call.module, "")
+        if role == "encoder":
+            enc_flops, enc_rows = enc_flops + call.flops, enc_rows + call.rows
+        elif role == "decoder" and previous == "encoder":
+            prefill_flops, prefill_rows = prefill_flops + call.flops, prefill_rows + call.rows
+        elif role == "decoder":
+            step_flops, step_rows = step_flops + call.flops, step_rows + call.rows
+        previous = role or previous
+    if enc_rows:
+        out.update(flops_encoder_per_window=enc_flops / enc_rows, flops_encoder_windows=enc_rows)
+    else:
+        out.update(flops_encoder_per_window=None, flops_encoder_missing_reason=(
+            "no fixed-window encoder in this model" if "encoder" not in roles.values()
+            else "the counted call ran no encoder"))
+    if step_rows:
+        out.update(flops_decoder_per_token=step_flops / step_rows, flops_decoder_tokens=step_rows,
+                   flops_decoder_prefill_per_window=prefill_flops / prefill_rows if prefill_rows else None)
+    else:
+        out.update(flops_decoder_per_token=None, flops_decoder_missing_reason=(
+            "no autoregressive decoder in this model (one forward per clip)" if "decoder" not in roles.values()
+            else "the counted call decoded no token after the first step"))
+    return out
 
 
 def analytic_whisper_encoder_flops(
@@ -162,6 +266,47 @@ def analytic_whisper_encoder_flops(
     if attention:
         per_layer += 2 * (2 * t * t * d)
     return conv + layers * per_layer
+
+
+def analytic_wav2vec2_flops(
+    n_samples: int,
+    hidden: int = 768,
+    layers: int = 12,
+    ffn_dim: int | None = None,
+    conv_dim: tuple[int, ...] = (512,) * 7,
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2),
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2),
+    pos_kernel: int = 128,
+    pos_groups: int = 16,
+    vocab: int = 32,
+) -> int:
+    """wav2vec2 CTC FLOPs for one clip of `n_samples` (16 kHz), 2 FLOPs per multiply-add.
+
+    Defaults are wav2vec2-base. Left out, as FlopCounterMode leaves them: norms, GELU, softmax,
+    adds, the weight-norm of the positional conv.
+
+    feature encoder, conv i: c_in -> c_out, kernel k, stride s   2 * L_i * c_out * c_in * k
+                             L_i = (L_{i-1} - k) // s + 1, L_0 = n_samples, c_in of the first = 1
+    feature projection c_last -> d over T = L_7 frames           2 * T * c_last * d
+    positional conv d -> d, kernel K, groups G, padding K/2      2 * (T + 1) * d * (d / G) * K
+                             (even K gives T + 1 outputs; the model drops the last one)
+    per layer: Q, K, V, out projections                          4 * (2 * T * d^2)
+               attention scores and weighted sum                 2 * (2 * T^2 * d)
+               FFN d -> ffn -> d                                 2 * (2 * T * d * ffn)
+    CTC head d -> vocab                                          2 * T * d * vocab
+    """
+    ffn = 4 * hidden if ffn_dim is None else ffn_dim
+    flops, length, c_in = 0, n_samples, 1
+    for c_out, k, stride in zip(conv_dim, conv_kernel, conv_stride, strict=True):
+        length = (length - k) // stride + 1
+        flops += 2 * length * c_out * c_in * k
+        c_in = c_out
+    t, d = length, hidden
+    flops += 2 * t * c_in * d
+    pos_len = t + 2 * (pos_kernel // 2) - pos_kernel + 1
+    flops += 2 * pos_len * d * (d // pos_groups) * pos_kernel
+    per_layer = 4 * (2 * t * d * d) + 2 * (2 * t * t * d) + 2 * (2 * t * d * ffn)
+    return flops + layers * per_layer + 2 * t * d * vocab
 
 
 def analytic_whisper_decoder_token_flops(

@@ -22,11 +22,16 @@ class Table:
     columns: list[str]
     rows: list[tuple[str, list[str]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    corner: str = "metric"  # header of the row-name column
 
 
 def column_label(row: dict[str, Any]) -> str:
-    """Model, engine and dtype identify a column; the short form is used when it is unambiguous."""
-    return f"{row['model']} ({row['engine']}, {row['dtype']})"
+    """Model, engine and variant identify a column; the short form is used when it is unambiguous.
+
+    The variant is the dtype for the baseline ("fp32"), and names every option otherwise
+    ("fp32+quant=int8_dynamic"), so a variant never shares a column with its baseline.
+    """
+    return f"{row['model']} ({row['engine']}, {row.get('variant') or row['dtype']})"
 
 
 def _short_labels(columns: list[str]) -> dict[str, str]:
@@ -82,11 +87,30 @@ def _num(r: dict[str, Any] | None, key: str, fmt: str, scale: float = 1.0) -> st
     return MISSING if v is None else format(v * scale, fmt)
 
 
+def _or_reason(r: dict[str, Any] | None, key: str, reasons: tuple[str, ...], fmt: str, scale: float = 1.0) -> str:
+    """A measured figure, or "—" with the first reason the row gives for it being missing."""
+    if (text := _unusable(r)) is not None:
+        return text
+    if r.get(key) is not None:
+        return format(r[key] * scale, fmt)
+    why = next((r[k] for k in reasons if r.get(k)), "")
+    return f"{MISSING} ({why})" if why else f"{MISSING} (not recorded)"
+
+
+def _weights(r: dict[str, Any] | None) -> str:
+    """Weights MiB; a file size (CTranslate2, ONNX Runtime) is labelled as one."""
+    text = _or_reason(r, "weights_bytes", ("weights_missing_reason",), ",.1f", 1 / 2**20)
+    if r is not None and r.get("weights_bytes") is not None and "file size" in str(r.get("weights_bytes_method")):
+        text += " (file size)"
+    return text
+
+
 def study_tables(rows: Iterable[dict[str, Any]]) -> list[Table]:
     """One table per device from committed rows (failed ones shown as 'failed' with the reason in notes)."""
     by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        by_device[r["device"]].append(r)
+        if r.get("scenario", "latency") in ("latency", "max_throughput"):  # profile / decode: profile_tables
+            by_device[r["device"]].append(r)
     return [_device_table(device, rs) for device, rs in by_device.items()]
 
 
@@ -154,9 +178,24 @@ def _device_table(device: str, all_rows: list[dict[str, Any]]) -> Table:
                        [_num(cell.get((c, longest, b1)), "flops_per_call", ",.1f", 1e-9) for c in columns]))
         t.rows.append((f"achieved GFLOP/s (MFU %), b{b1}, {longest:g} s",
                        [_mfu(cell.get((c, longest, b1))) for c in columns]))
+        per_unit = (("encoder GFLOPs per 30 s window", "flops_encoder_per_window", "flops_encoder_missing_reason", 1e-9),
+                    ("decoder MFLOPs per token", "flops_decoder_per_token", "flops_decoder_missing_reason", 1e-6),
+                    ("GFLOPs per audio s", "flops_per_audio_s", "", 1e-9))
+        for name, key, reason, scale in per_unit:
+            t.rows.append((f"{name}, b{b1}, {longest:g} s",
+                           [_or_reason(cell.get((c, longest, b1)), key, ("flops_missing_reason", reason), ",.2f", scale)
+                            for c in columns]))
     t.rows.append(("tokens per audio second", [_num(cell.get((c, longest, b1)), "tokens_per_audio_s", ".2f") for c in columns]))
-    t.rows.append((f"peak RSS MiB, b{b1}, {longest:g} s",
-                   [_num(cell.get((c, longest, b1)), "peak_rss_bytes", ",.0f", 1 / 2**20) for c in columns]))
+    memory = (("peak RSS MiB, timed calls", "rss_peak_timed_bytes", ("rss_peak_timed_missing_reason",)),
+              ("RSS high-water MiB, whole cell", "peak_rss_bytes", ()),
+              ("CUDA peak allocated MiB, timed calls", "cuda_peak_allocated_timed_bytes", ("cuda_memory_missing_reason",)),
+              ("CUDA peak reserved MiB, timed calls", "cuda_peak_reserved_timed_bytes", ("cuda_memory_missing_reason",)),
+              ("NVML process MiB (peak, sampled), timed calls", "nvml_process_peak_bytes",
+               ("nvml_process_missing_reason",)))
+    for name, key, reasons in memory:
+        t.rows.append((f"{name}, b{b1}, {longest:g} s",
+                       [_or_reason(cell.get((c, longest, b1)), key, reasons, ",.0f", 1 / 2**20) for c in columns]))
+    t.rows.append(("weights MiB", [_weights(cell.get((c, longest, b1))) for c in columns]))
     t.rows.append(("load s", [_num(cell.get((c, longest, b1)), "load_s", ".2f") for c in columns]))
     for r in all_rows:
         if r.get("status") != "ok":
@@ -182,6 +221,10 @@ def _device_table(device: str, all_rows: list[dict[str, Any]]) -> Table:
             t.notes.append(f"energy: {m}" + (f" ({note})" if note else ""))
         t.notes.append("WER: corpus-level after Whisper English normalisation, 95% bootstrap CI over clips; "
                        "random-weight models have no WER")
+        for key, what in (("rss_peak_timed_method", "peak RSS, timed calls"), ("peak_rss_method", "RSS high-water"),
+                          ("weights_bytes_method", "weights")):
+            for m in sorted({str(r[key]) for r in ok if r.get(key)}):
+                t.notes.append(f"memory: {what}: {m}")
     return t
 
 
@@ -195,7 +238,7 @@ def render_rich(tables: list[Table]):
     out = []
     for t in tables:
         rt = RichTable(title=escape(t.title), title_justify="left", show_lines=False)
-        rt.add_column("metric", style="bold")
+        rt.add_column(escape(t.corner), style="bold")
         for c in t.columns:
             rt.add_column(escape(c), overflow="fold")
         for name, cells in t.rows:
@@ -222,7 +265,7 @@ def to_markdown(tables: list[Table]) -> str:
     """GitHub-flavoured markdown of the same tables, for READMEs and issue notes."""
     lines = []
     for t in tables:
-        lines += [f"**{t.title}**", "", "| metric | " + " | ".join(t.columns) + " |",
+        lines += [f"**{t.title}**", "", f"| {t.corner} | " + " | ".join(t.columns) + " |",
                   "|---|" + "---|" * len(t.columns)]
         lines += ["| " + name + " | " + " | ".join(cells) + " |" for name, cells in t.rows]
         lines += [""] + [f"- {n}" for n in dict.fromkeys(t.notes)] + [""]

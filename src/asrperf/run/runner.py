@@ -174,6 +174,10 @@ def run(
                 "timed_region": TIMED_REGION, "isolated": cfg.isolate,
                 "energy": cfg.energy, "energy_idle_s": cfg.energy_idle_s,
                 "flops": cfg.flops, "max_batch": cfg.max_batch, "memory_budget_bytes": int(cfg.memory_budget_gib * 2**30) or None,
+                # profile cells write their Chrome traces beside the store; the decode curve (the
+                # first 30 s window, the same work at any clip length) is measured once per model
+                "trace_dir": str(Path(cfg.store).parent / "traces" / run_id), "cell_key": cell.key,
+                "decode_tokens": cfg.decode_tokens, "decode_curve_length_s": min(cfg.clip_lengths_s),
             }
             started = time.time()
             row = run_isolated(payload, cfg.cell_timeout_s) if cfg.isolate else execute(payload)

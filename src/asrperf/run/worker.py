@@ -8,9 +8,9 @@ row plus raw timings. Anything that goes wrong becomes a failed row with a one-l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import resource
 import sys
 import time
 import traceback
@@ -42,9 +42,11 @@ def _device_facts(engine: Any, device: str) -> dict[str, Any]:
     if device.startswith("cuda") and torch is not None and torch.cuda.is_available():
         index = torch.device(device).index or 0
         props = torch.cuda.get_device_properties(index)
-        facts.update(device_name=props.name, cuda_version=torch.version.cuda,
-                     cuda_peak_allocated_bytes=torch.cuda.max_memory_allocated(index),
-                     cuda_peak_reserved_bytes=torch.cuda.max_memory_reserved(index))
+        facts.update(device_name=props.name, cuda_version=torch.version.cuda)
+        if engine is not None and engine.runs_torch:  # other runtimes allocate outside torch's allocator
+            from asrperf.measure.memory import cuda_peaks_bytes
+
+            facts["cuda_peak_allocated_bytes"], facts["cuda_peak_reserved_bytes"] = cuda_peaks_bytes(index)
     else:
         facts["device_name"] = cpu_model()
     return facts
@@ -65,8 +67,10 @@ def energy_readers(device: str, enabled: bool) -> tuple[list[Any], str | None]:
 
 
 def peak_rss_bytes() -> int:
-    # ru_maxrss is in kilobytes on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The process's peak RSS so far (measure/memory.py: VmHWM, never the parent's ru_maxrss)."""
+    from asrperf.measure.memory import process_hwm_bytes
+
+    return process_hwm_bytes()[0]
 
 
 def execute(payload: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +84,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
     model = ModelConfig(**cell["model"])
     row: dict[str, Any] = {
         "engine": model.engine, "model": model.display, "model_name": model.name, "weights_requested": model.weights,
-        "dtype": model.dtype, "device": cell["device"], "threads": cell["threads"],
+        "dtype": model.dtype, "variant": model.variant, "device": cell["device"], "threads": cell["threads"],
         "clip_length_s": cell["clip_length_s"], "batch_size": cell["batch_size"], "scenario": cell["scenario"],
         "isolated": payload.get("isolated", False),
     }
@@ -89,13 +93,16 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
         clips = ClipCache(payload["cache_dir"]).load(payload["clip_key"], payload["n_clips"])
         if clips is None:
             raise AsrperfError(f"clips {payload['clip_key']} are not in the cache; run `asrperf prepare` first")
-        spec = resolve(model.name)
+        spec = dataclasses.replace(resolve(model.name), options=model.options)
         engine = create(model.engine, payload["cache_dir"])
         t0 = time.perf_counter()
         engine.load(spec, model.weights, model.dtype, cell["device"])
         row["load_s"] = time.perf_counter() - t0
         set_threads(cell["threads"])  # torch may have been imported by the load itself
         row["rss_after_load_bytes"] = peak_rss_bytes()
+        from asrperf.measure.memory import memory_meter, weights_fields
+
+        row.update(weights_fields(engine.loaded_weights(), engine.name))
         info = engine.info()
         # WER exists only for real weights: random outputs are noise, never a number to compare
         score = payload["score"] and info.get("weights") == "real"
@@ -105,13 +112,20 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
             row.update(status="ok", timed_region=list(payload["timed_region"]), n_clips=len(clips),
                        timing_policy=payload["timing"])
             return _finish(row, engine, cell)
+        if cell["scenario"] in ("profile", "decode"):
+            row.update(_analysis(engine, clips, cell, model.dtype, TimingConfig(**payload["timing"]), payload))
+            row.update(engine.info())
+            row.update(status="ok", timed_region=list(payload["timed_region"]), n_clips=len(clips),
+                       timing_policy=payload["timing"])
+            return _finish(row, engine, cell)
         readers, energy_missing = energy_readers(cell["device"], payload.get("energy", True))
         # idle power only means something for real counters (the estimate has no idle draw), and
         # its window must be at least as long as each counter's update period
         measured = [r for r in readers if r.method.startswith("measured")]
         idle_s = max([payload.get("energy_idle_s", 0.0)] + [r.min_window_s for r in measured]) if measured else 0.0
+        memory = memory_meter(cell["device"], engine.runs_torch, engine.name)
         metrics, timed = run_latency(engine, clips, cell["batch_size"], TimingConfig(**payload["timing"]), score,
-                                     readers, idle_s)
+                                     readers, idle_s, memory=memory)
         if energy_missing:
             row.update(energy_j=None, energy_missing_reason=energy_missing)
         if payload.get("flops"):
@@ -121,6 +135,9 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
                                     peak.get("peak_matmul_flops_per_s")))
         row.update(engine.info())  # after the calls: long-form and token policy are known now
         row.update(metrics)
+        if row.get("compiled_graphs_per_call") is not None:  # torch.compile: did a timed call compile?
+            first = metrics["warmup_calls"]
+            row["recompilations_timed"] = sum(row["compiled_graphs_per_call"][first:first + metrics["n_calls"]])
         if not score:
             row["wer"] = None
             row["wer_missing_reason"] = ("random weights: outputs are not speech recognition"
@@ -151,9 +168,31 @@ def _peak(device: str, dtype: str, engine: Any) -> dict[str, Any]:
             "peak_method": p.method}
 
 
+def _analysis(engine: Any, clips: list, cell: dict[str, Any], dtype: str, timing: TimingConfig,
+              payload: dict[str, Any]) -> dict[str, Any]:
+    """The profile scenario (op categories, stages, trace, roofline) or the decode scenario."""
+    if cell["scenario"] == "profile":
+        from asrperf.scenarios.profile import run_profile
+
+        peak = _peak(cell["device"], dtype, engine)
+        name = "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in payload["cell_key"])
+        return {**peak, **run_profile(engine, clips, cell["batch_size"], payload["trace_dir"], name,
+                                      max(1, timing.min_calls), peak.get("peak_matmul_flops_per_s"),
+                                      peak.get("peak_copy_bytes_per_s"))}
+    from asrperf.scenarios.decode import run_decode
+
+    curve_at = payload.get("decode_curve_length_s", cell["clip_length_s"])
+    curve = payload.get("decode_tokens", 0) if cell["clip_length_s"] == curve_at else 0
+    return run_decode(engine, clips, cell["batch_size"], timing, curve,
+                      f"measured once per model, in the {curve_at:g} s cell: the curve decodes the first 30 s "
+                      "window, the same work at every clip length")
+
+
 def _finish(row: dict[str, Any], engine: Any, cell: dict[str, Any]) -> dict[str, Any]:
+    from asrperf.measure.memory import process_hwm_bytes
+
     row.update(_device_facts(engine, cell["device"]))
-    row["peak_rss_bytes"] = peak_rss_bytes()
+    row["peak_rss_bytes"], row["peak_rss_method"] = process_hwm_bytes()
     return row
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 from asrperf.config import TimingConfig
 from asrperf.data.clips import Clip
 from asrperf.engines.base import Engine
 from asrperf.measure.energy import EnergyReader, EnergyResult, measure_energy
+from asrperf.measure.memory import MemoryMeter
 from asrperf.measure.stats import rtfx, summarize, throughput_samples_per_s
 from asrperf.measure.timer import TimedCalls, time_calls
 from asrperf.measure.wer import error_rates
@@ -32,11 +34,12 @@ def run_latency(
     energy_readers: Sequence[EnergyReader] = (),
     energy_idle_s: float = 0.0,
     on_call: Callable[[int], None] | None = None,
+    memory: MemoryMeter | None = None,
 ) -> tuple[dict[str, Any], TimedCalls]:
     """Measure one cell; returns the metric fields of its row and the raw timings.
 
-    With energy readers, the timed calls (warm-up excluded) run inside one energy window, made
-    at least as long as the slowest reader's update period by raising the minimum timed time.
+    The timed calls (warm-up excluded) run inside the measurers' window: energy (made at least
+    as long as the slowest reader's update period by raising the minimum timed time) and memory.
     """
     rate = clips[0].sample_rate
 
@@ -47,15 +50,18 @@ def run_latency(
     if energy_readers:
         min_window_s = max(r.min_window_s for r in energy_readers)
         timing = dataclasses.replace(timing, min_time_s=max(timing.min_time_s, min_window_s))
-        warm = dataclasses.replace(timing, min_calls=0, min_time_s=0.0, max_calls=0)
-        warmup = time_calls(call, engine.synchronize, warm)  # warm-up outside the energy window
-        with measure_energy(energy_readers, idle_s=energy_idle_s) as meter:
-            timed = time_calls(lambda i: call(i + len(warmup.warmup_s)), engine.synchronize,
-                               dataclasses.replace(timing, warmup_calls=0, warmup_min_s=0.0), on_call)
-        timed.warmup_s = warmup.warmup_s
+    warm = dataclasses.replace(timing, min_calls=0, min_time_s=0.0, max_calls=0)
+    warmup = time_calls(call, engine.synchronize, warm)  # warm-up outside the measured window
+    with ExitStack() as window:
+        # energy first: its idle-power sleep happens on entry, outside the memory window
+        meter = window.enter_context(measure_energy(energy_readers, idle_s=energy_idle_s)) if energy_readers else None
+        if memory is not None:
+            window.enter_context(memory)
+        timed = time_calls(lambda i: call(i + len(warmup.warmup_s)), engine.synchronize,
+                           dataclasses.replace(timing, warmup_calls=0, warmup_min_s=0.0), on_call)
+    timed.warmup_s = warmup.warmup_s
+    if meter is not None:
         energy = meter.result
-    else:
-        timed = time_calls(call, engine.synchronize, timing, on_call)
     # the first warm-up call is the cold first call; with no warm-up, the first timed call is
     first_call_s = (timed.warmup_s or timed.samples_s)[0]
     stats = summarize(timed.samples_s)
@@ -74,6 +80,8 @@ def run_latency(
     )
     if energy is not None:
         row.update(energy_fields(energy, batch_size * n, audio_s * n))
+    if memory is not None and memory.result is not None:
+        row.update(memory.result.to_row())
     if score:
         # decoding is deterministic (greedy), so the timed calls' outputs are the transcripts;
         # only clips the timed calls did not reach are transcribed again
@@ -105,24 +113,24 @@ def flops_fields(engine: Engine, clips: list[Clip], batch_size: int, latency_s: 
     """FLOPs of one call on the cell's batch, counted on the real forward, and what they imply.
 
     achieved FLOP/s = FLOPs per call / median latency; MFU = achieved / the measured peak.
+    Per unit of work (encoder per 30 s window, decoder per token, per audio second): `per_unit`.
     """
     if not engine.runs_torch:
         return {"flops_per_call": None,
                 "flops_missing_reason": f"engine {engine.name} runs outside torch: its ops cannot be counted"}
-    from asrperf.measure.flops import count_flops
+    from asrperf.measure.flops import count_flops, per_unit
 
     batch = [c.audio for c in batch_for_call(clips, batch_size, 0)]
     try:
         fc = count_flops(lambda: engine.transcribe(batch, clips[0].sample_rate))
     except Exception as exc:  # a counter failure loses the FLOPs, never the cell's measurements
-        # known case: torch 2.13's FlopCounterMode cannot run weight-norm parametrised convolutions
-        # (wav2vec2's positional conv) under inference_mode
         return {"flops_per_call": None, "flops_missing_reason": f"FLOP counter failed: {type(exc).__name__}: {exc}"}
     achieved = fc.total_flops / latency_s
     return {
         "flops_per_call": fc.total_flops,
         "flops_attention_per_call": fc.attention_flops,
         "flops_by_stage": fc.by_stage(),
+        **per_unit(fc, engine.flop_stages(), batch_size * clips[0].audio_s),
         "achieved_flops_per_s": achieved,
         "peak_flops_per_s": peak_flops_per_s,
         "mfu": achieved / peak_flops_per_s if peak_flops_per_s else None,

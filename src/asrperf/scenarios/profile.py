@@ -78,3 +78,66 @@ def profile_cell(engine: Engine, clips: list[Clip], batch_size: int, out_dir: st
         "profiled_latencies_s": latencies_s,
         "trace_path": str(trace_path),
     }
+
+
+def _gzip(path: Path) -> Path:
+    """Compress a Chrome trace in place (chrome://tracing and Perfetto open .json.gz directly)."""
+    import gzip
+    import shutil
+
+    out = path.with_name(path.name + ".gz")
+    with path.open("rb") as src, gzip.open(out, "wb", compresslevel=6) as dst:
+        shutil.copyfileobj(src, dst)
+    path.unlink()
+    return out
+
+
+def run_profile(engine: Engine, clips: list[Clip], batch_size: int, trace_dir: str | Path, name: str,
+                active: int, peak_flops_per_s: float | None, peak_bytes_per_s: float | None) -> dict[str, Any]:
+    """The profile scenario's row fields: op categories, stages, the trace, and the stage rooflines.
+
+    op_categories: [{category, self_ms (per call), share}]; uncategorised_ops: [{name, self_ms}];
+    stages: [{stage, ms (per call), share (of the profiled call), nested (inside another stage)}];
+    trace_path: gzipped Chrome trace under `trace_dir`; roofline: `measure.roofline` per stage,
+    timed over `active` unprofiled calls on the cell's first batch after the profiled ones, whose
+    wall times are roofline_calls_s.
+    """
+    if not engine.runs_torch:
+        return {"profile_missing_reason": f"engine {engine.name} does not run its model on torch: "
+                                          "torch.profiler cannot see its ops"}
+    from asrperf.measure.roofline import BYTES_METHOD, OVERHEAD_FACTOR, TIME_METHOD, measure_roofline
+
+    res = profile_cell(engine, clips, batch_size, trace_dir, wait=1, warmup=1, active=active, name=name)
+    per_call_s = res["profiled_latency_s"]
+    top = list(res["stage_order"])
+    order = top + sorted(s for s in res["stages"] if s not in top)
+    row: dict[str, Any] = {
+        "op_categories": [{"category": r["category"], "self_ms": 1000 * r["self_s"] / active, "share": r["share"]}
+                          for r in res["op_categories"]],
+        "op_timeline": res["op_timeline"],
+        "uncategorised_ops": [{"name": o["name"], "self_ms": 1000 * o["self_s"] / active}
+                              for o in res["uncategorised_top"]],
+        "stages": [{"stage": s, "ms": 1000 * res["stages"][s], "share": res["stages"][s] / per_call_s,
+                    "nested": s not in top} for s in order if s in res["stages"]],
+        "profiled_calls": active,
+        "profiled_latency_s": per_call_s,
+        "profiled_latencies_s": res["profiled_latencies_s"],
+        "trace_path": str(_gzip(Path(res["trace_path"]))),
+    }
+    if not (peak_flops_per_s and peak_bytes_per_s):
+        row.update(roofline=None, roofline_missing_reason="no measured device peak for this dtype")
+        return row
+    rate = clips[0].sample_rate
+    audios = [c.audio for c in batch_for_call(clips, batch_size, 0)]
+    try:
+        stages, calls_s = measure_roofline(lambda: engine.transcribe(audios, rate), engine.synchronize, active,
+                                           peak_flops_per_s, peak_bytes_per_s, engine.flop_stages())
+    except Exception as exc:  # a counter failure loses the roofline, never the profile
+        row.update(roofline=None, roofline_missing_reason=f"roofline failed: {type(exc).__name__}: {exc}")
+        return row
+    row.update(
+        roofline=stages, roofline_calls_s=calls_s,
+        roofline_bytes_method=BYTES_METHOD, roofline_time_method=TIME_METHOD,
+        roofline_overhead_factor=OVERHEAD_FACTOR,
+    )
+    return row
