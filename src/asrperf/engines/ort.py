@@ -1,17 +1,22 @@
-"""ONNX Runtime engine: CTC models (wav2vec2, HuBERT, Wav2Vec2-Conformer, Parakeet) so far.
+"""ONNX Runtime engine: CTC models (wav2vec2, HuBERT, Wav2Vec2-Conformer, Parakeet) and Whisper.
 
 The model is built by the transformers engine (same real or seeded random weights, same feature
-extractor and tokenizer), its forward (features [+ attention_mask] -> logits) exported once with
-`torch.onnx.export` into `cache_dir/ort-<hash>/`, and run by an `onnxruntime.InferenceSession`.
-Greedy CTC decoding (argmax, collapse, drop blanks) happens in numpy and the tokenizer, inside the
-timed call. dtype int8 quantizes the exported fp32 graph's MatMul weights (dynamic, QInt8) and is
-cached next to it. Whisper is refused: generation is not implemented for this engine.
+extractor and tokenizer), exported once with `torch.onnx.export` into `cache_dir/ort-<hash>/`,
+and run by `onnxruntime.InferenceSession`s. dtype int8 quantizes the exported fp32 graphs' MatMul
+weights (dynamic, QInt8), cached next to them.
+
+CTC: the forward (features [+ attention_mask] -> logits) is one graph; greedy CTC decoding (argmax,
+collapse, drop blanks) happens in numpy and the tokenizer, inside the timed call.
+Whisper: an encoder graph and a decoder-step graph with past K/V (`ort_whisper`), driven by the
+transformers engine's own decoding code, so prompt, suppressed tokens, timestamp rules and the
+sequential long-form algorithm are the transformers engine's, unchanged.
 
 torch, transformers, onnx and onnxruntime are imported inside methods: importing this module costs nothing.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import warnings
 from pathlib import Path
@@ -20,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from asrperf.cache import build_once
-from asrperf.engines.base import Engine, ModelSpec, Transcription, cpu_threads
+from asrperf.engines.base import Engine, LoadedWeights, ModelSpec, Transcription, cpu_threads
 from asrperf.errors import ConfigError, ModelError, require
 
 DTYPES = ("fp32", "int8")
@@ -28,6 +33,7 @@ OPSET = 17
 EXPORTER_VERSION = 1  # bump when the export below changes, so cached exports are redone
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+INT8_METHOD = "; int8: onnxruntime.quantization.quantize_dynamic (QInt8 weights, MatMul only)"
 EXPORT_METHOD = f"torch.onnx.export (TorchScript exporter, dynamo=False), opset {OPSET}, dynamic batch and time axes"
 
 
@@ -68,11 +74,16 @@ class _Forward:
         return Forward().eval()
 
 
+def _int8_name(fp32_file: str) -> str:
+    return fp32_file.removesuffix(".onnx") + ".int8.onnx"
+
+
 class OnnxRuntimeEngine(Engine):
-    """CTC models exported to ONNX, run by ONNX Runtime; greedy CTC decoding."""
+    """CTC and Whisper models exported to ONNX, run by ONNX Runtime; greedy decoding."""
 
     name = "ort"
     extra = "ort"
+    _whisper: Any = None  # the transformers engine whose model runs on ORT sessions (Whisper only)
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, spec: ModelSpec, weights: str, dtype: str, device: str) -> None:
@@ -80,32 +91,15 @@ class OnnxRuntimeEngine(Engine):
         require("onnx", "engine ort", "ort")
         if dtype not in DTYPES:
             raise ConfigError(f"dtype '{dtype}' is not supported by engine ort; use one of {', '.join(DTYPES)}")
-        if spec.family == "whisper":
-            raise ModelError("engine ort supports CTC models so far; use engine transformers or ct2 for Whisper")
         providers = self._providers(ort, device)
         from asrperf.engines.hf import TransformersEngine
 
         inner = TransformersEngine(cache_dir=self.cache_dir)
         inner.load(spec, weights, "fp32", "cpu")
-        if inner.family != "ctc":  # a local checkpoint whose family was read from its config
-            raise ModelError("engine ort supports CTC models so far; use engine transformers or ct2 for Whisper")
         inner_info = inner.info()
         self.fe, self.tok = inner.fe, inner.tok
-        self.input_names = list(self.fe.model_input_names)
-        path = self._export(inner.model, spec, inner_info)
-        if dtype == "int8":
-            path = self._quantize(path)
-        options = ort.SessionOptions()
-        threads = cpu_threads()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as exc:
-            raise ModelError(f"{path}: ONNX Runtime cannot load this model on {device} ({type(exc).__name__}: {exc})") from exc
-        self.session_inputs = {i.name for i in self.session.get_inputs()}
         self.device = device
-        del inner  # the torch model is not needed any more; only the session runs
+        self.family = inner.family  # a local checkpoint's family is read from its config by the inner engine
         self._info = {
             "engine_version": ort.__version__,
             "weights": inner_info.get("weights"),
@@ -113,17 +107,67 @@ class OnnxRuntimeEngine(Engine):
             "n_params": inner_info.get("n_params"),
             "dtype": dtype,
             "device": device,
-            "providers": self.session.get_providers(),
-            "cpu_threads": threads,
-            "onnx_file": str(path),
-            "export_method": EXPORT_METHOD + ("; int8: onnxruntime.quantization.quantize_dynamic (QInt8 weights, "
-                                              "MatMul only)" if dtype == "int8" else ""),
-            "decoding": "greedy CTC (argmax)",
-            "longform": "none needed (CTC over the whole clip)",
-            "tokens_policy": "n/a (CTC)",
+            "cpu_threads": cpu_threads(),
         }
         if "weights_note" in inner_info:
             self._info["weights_note"] = inner_info["weights_note"]
+        if self.family == "whisper":
+            self._load_whisper(ort, inner, spec, dtype, providers)
+        else:
+            self._load_ctc(ort, inner, spec, dtype, providers)
+
+    def _load_ctc(self, ort: Any, inner: Any, spec: ModelSpec, dtype: str, providers: list[Any]) -> None:
+        self.input_names = list(self.fe.model_input_names)
+        path = self._export(inner.model, spec, inner.info())
+        if dtype == "int8":
+            path = self._quantize(path.parent, (MODEL_FILE,)) / INT8_FILE
+        self.session = self._session(ort, path, providers, spinning=True)
+        self.session_inputs = {i.name for i in self.session.get_inputs()}
+        self._info.update(
+            providers=self.session.get_providers(),
+            onnx_file=str(path),
+            export_method=EXPORT_METHOD + (INT8_METHOD if dtype == "int8" else ""),
+            decoding="greedy CTC (argmax)",
+            longform="none needed (CTC over the whole clip)",
+            tokens_policy="n/a (CTC)",
+        )
+
+    def _load_whisper(self, ort: Any, inner: Any, spec: ModelSpec, dtype: str, providers: list[Any]) -> None:
+        from asrperf.engines import ort_whisper
+
+        files = (ort_whisper.ENCODER_FILE, ort_whisper.DECODER_FILE)
+        folder = self._export_whisper(inner.model, spec, inner.info())
+        if dtype == "int8":
+            folder = self._quantize(folder, files)
+            files = tuple(_int8_name(f) for f in files)
+        # generate's own torch ops run between the decoder steps on the same cores: ORT threads that
+        # spin-wait after each run would take those cores from them
+        encoder, decoder = (self._session(ort, folder / f, providers, spinning=False) for f in files)
+        # the transformers engine keeps its feature extraction, prompt, generate call and detokenising;
+        # only its model is replaced, by one whose encoder and decoder are the two sessions
+        inner.model = ort_whisper.ort_whisper_model(inner.model, encoder, decoder, self.device)
+        self._whisper = inner
+        gc.collect()  # the torch layers sit in reference cycles (forward hooks): free them before memory is read
+        self._info.update(
+            providers=decoder.get_providers(),
+            onnx_file=str(folder / files[1]),
+            onnx_files=[str(folder / f) for f in files],
+            export_method=ort_whisper.EXPORT_METHOD + (INT8_METHOD if dtype == "int8" else ""),
+            ort_thread_spinning=False,
+            decoding=inner.info()["decoding"] + " (transformers generate on ORT sessions)",
+        )
+
+    def _session(self, ort: Any, path: Path, providers: list[Any], spinning: bool) -> Any:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._info["cpu_threads"]
+        options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:
+            raise ModelError(f"{path}: ONNX Runtime cannot load this model on {self.device} "
+                             f"({type(exc).__name__}: {exc})") from exc
 
     @staticmethod
     def _providers(ort: Any, device: str) -> list[str]:
@@ -170,22 +214,43 @@ class OnnxRuntimeEngine(Engine):
 
         return build_once(final, MODEL_FILE, build) / MODEL_FILE
 
+    def _export_whisper(self, model: Any, spec: ModelSpec, inner_info: dict[str, Any]) -> Path:
+        """The folder holding Whisper's fp32 encoder and decoder-step graphs, built on first use only."""
+        from asrperf.engines import ort_whisper
+
+        key = _state_key(model, spec, str(inner_info.get("weights")), str(inner_info.get("weights_source")),
+                         ["input_features", f"whisper-{ort_whisper.EXPORTER_VERSION}"])
+
+        def build(staging: Path) -> None:
+            try:
+                ort_whisper.export_whisper(model, self.fe.feature_size, staging)
+            except Exception as exc:
+                raise ModelError(f"'{spec.name}': ONNX export failed ({type(exc).__name__}: {exc}); "
+                                 f"use engine transformers for this model") from exc
+
+        return build_once(self.cache_dir / f"ort-{key}", ort_whisper.DECODER_FILE, build)
+
     @staticmethod
-    def _quantize(fp32_path: Path) -> Path:
-        """Weight-only dynamic int8 quantization of the MatMuls, cached next to the fp32 export."""
+    def _quantize(fp32_dir: Path, files: tuple[str, ...]) -> Path:
+        """Weight-only dynamic int8 quantization of the MatMuls of `files`, in a folder next to the fp32 export."""
         ort_version = require("onnxruntime", "engine ort", "ort").__version__
-        final = fp32_path.parent.parent / f"{fp32_path.parent.name}-int8-ort{ort_version}"
+        final = fp32_dir.parent / f"{fp32_dir.name}-int8-ort{ort_version}"
 
         def build(staging: Path) -> None:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(str(fp32_path), str(staging / INT8_FILE), op_types_to_quantize=["MatMul"],
-                             weight_type=QuantType.QInt8)
+            # an export over protobuf's 2 GB limit keeps its tensors in files beside the .onnx ones
+            external = any(f.suffix != ".onnx" for f in fp32_dir.iterdir())
+            for name in files:
+                quantize_dynamic(str(fp32_dir / name), str(staging / _int8_name(name)), op_types_to_quantize=["MatMul"],
+                                 weight_type=QuantType.QInt8, use_external_data_format=external)
 
-        return build_once(final, INT8_FILE, build) / INT8_FILE
+        return build_once(final, _int8_name(files[-1]), build)
 
     # -- the timed call ----------------------------------------------------------------------
     def transcribe(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
+        if self._whisper is not None:
+            return self._whisper.transcribe(audios, sample_rate)
         ids = self.logits(audios, sample_rate).argmax(axis=-1)
         texts = self.tok.batch_decode(ids)
         pad = self.tok.pad_token_id
@@ -195,7 +260,7 @@ class OnnxRuntimeEngine(Engine):
         return Transcription(list(texts), [int(t) for t in tokens])
 
     def logits(self, audios: list[np.ndarray], sample_rate: int) -> np.ndarray:
-        """Feature extraction and the session run: the raw logits for a batch."""
+        """CTC: feature extraction and the session run, the raw logits for a batch."""
         feats = self.fe(audios, sampling_rate=sample_rate, return_tensors="np", padding="longest")
         main, *rest = self.input_names
         inputs = {main: np.ascontiguousarray(feats[main], dtype=np.float32)}
@@ -205,7 +270,20 @@ class OnnxRuntimeEngine(Engine):
         return self.session.run(["logits"], inputs)[0]
 
     def synchronize(self) -> None:
-        """No-op: session.run returns results on the host, so each call has finished on return."""
+        """No-op: every call ends by reading its results on the host, so it has finished on return."""
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        if self._whisper is not None:  # set per call: long-form or not, real or fixed token counts
+            info.update({k: v for k, v in self._whisper.info().items() if k in ("longform", "tokens_policy")})
+        return info
+
+    def loaded_weights(self) -> LoadedWeights:
+        """The ONNX file and any external-data files beside it (each export has its own directory)."""
+        onnx_file = Path(self._info["onnx_file"])
+        files = tuple(sorted(f for f in onnx_file.parent.iterdir() if f.is_file()))
+        return LoadedWeights(files=files, note="ONNX Runtime's in-memory copy, after its graph optimisations, is not visible")
 
     def stages(self) -> tuple[str, ...]:
-        return ()
+        # Whisper: the transformers engine's stages; "encoder" and "decoder" (each step) nest in "model"
+        return self._whisper.stages() if self._whisper is not None else ()

@@ -12,7 +12,20 @@ ENGINES: dict[str, str] = {
     "transformers": "asrperf.engines.hf:TransformersEngine",
     "ct2": "asrperf.engines.ct2:CTranslate2Engine",
     "ort": "asrperf.engines.ort:OnnxRuntimeEngine",
+    "nemo": "asrperf.engines.nemo:NemoEngine",
 }
+# model families each engine runs ("whisper": encoder-decoder, "ctc"); checked before any load
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "transformers": ("whisper", "ctc"),
+    "ct2": ("whisper",),
+    "ort": ("whisper", "ctc"),
+    "nemo": ("nemo",),  # a .nemo checkpoint (CTC, RNNT, TDT or hybrid inside)
+}
+
+
+def supports(engine: str, family: str) -> bool:
+    """Whether `engine` runs models of `family`; an unknown family ("", a Hub id not yet read) may run."""
+    return not family or family in FAMILIES.get(engine, ())
 
 
 def create(name: str, cache_dir: str | Path) -> Engine:
