@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=3)
     ap.add_argument("--calls", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--store", default="benchmarks/results/perf_target.sqlite")
+    ap.add_argument("--store", default="asrperf-results/perf_target.sqlite")
     ap.add_argument("--cache-dir", default=".asrperf-cache")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--peer", help=argparse.SUPPRESS)

@@ -402,6 +402,9 @@ def doctor() -> None:
 
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback."""
+    from asrperf.engines.base import quiet_library_logs
+
+    quiet_library_logs()
     try:
         # without standalone mode, click returns a command's typer.Exit code instead of exiting with it
         code = app(standalone_mode=False)

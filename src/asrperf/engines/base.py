@@ -100,3 +100,16 @@ def cpu_threads() -> int:
     """Threads for an engine's own pool: the worker sizes pools through OMP_NUM_THREADS; else every core."""
     value = os.environ.get("OMP_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
+
+# Known, harmless import-time warnings of engine libraries: torchao's optional CUDA kernels that
+# a CPU machine cannot load, and torch's notice about torchao's enums. Shown on every import
+# otherwise, they bury asrperf's own output.
+_QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def quiet_library_logs() -> None:
+    import logging
+
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -18,7 +18,11 @@ from typing import Any
 
 from asrperf.config import ModelConfig, TimingConfig
 from asrperf.data.clips import ClipCache
+from asrperf.engines.base import quiet_library_logs
 from asrperf.errors import AsrperfError
+
+# the fork server preloads this module before torch and transformers: quiet their import noise there
+quiet_library_logs()
 
 
 def set_threads(threads: int) -> None:
