@@ -92,3 +92,18 @@ def test_optimize_picks_a_gated_variant_and_writes_a_runnable_config(tmp_path, c
 def test_optimize_cli_rejects_negative_budget():
     out = CliRunner().invoke(app, ["optimize", "whisper-tiny.en", "--wer-budget", "-1"])
     assert isinstance(out.exception, ConfigError) and "--wer-budget" in str(out.exception)
+
+
+def test_report_shows_each_variants_wer_change_next_to_the_reference():
+    from asrperf.report.tables import study_tables
+
+    extra = {"latency_s_p50": 1.0, "latency_s_p90": 1.1, "n_calls": 3, "rtfx": 5.0, "wer_ci_low": 0.0,
+             "wer_ci_high": 0.2, "throughput_samples_per_s": 1.0, "model": "whisper-tiny.en"}
+    ref = _row("ref", **extra)
+    int8 = _row("int8", dtype="fp32", variant="fp32+quant=int8_dynamic", hyps=("a b c x", "e f g h"), **extra)
+    table = study_tables([ref, int8])[0]
+    delta = dict(table.rows)["ΔWER pts vs fp32 ref [95% CI], worse clips, 5 s"]
+    assert delta[0] == "reference"
+    assert delta[1].startswith("+12.50 [") and delta[1].endswith("1/2 worse")
+    # a baseline-only run has no such row: nothing to compare
+    assert not any(name.startswith("ΔWER") for name, _ in study_tables([ref])[0].rows)

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from asrperf.report.gate import gate, is_baseline
+
 MISSING = "—"
 _TOKEN_POLICY_SHORT = {"real (the model's own end-of-text)": "real"}
 
@@ -114,6 +116,20 @@ def study_tables(rows: Iterable[dict[str, Any]]) -> list[Table]:
     return [_device_table(device, rs) for device, rs in by_device.items()]
 
 
+def _wer_delta(r: dict[str, Any] | None, rows: list[dict[str, Any]]) -> str:
+    """A variant's accuracy change against the fp32 reference on the same clips (report.gate)."""
+    if (text := _unusable(r)) is not None:
+        return text
+    g = gate(r, rows)
+    if g is None:
+        return "reference" if is_baseline(r) and r.get("wer") is not None else MISSING
+    if g.delta is None:
+        return f"{MISSING} ({g.reason})"
+    if not g.paired:
+        return f"{100 * g.delta:+.2f} (unpaired: {g.reason})"
+    return f"{100 * g.delta:+.2f} [{100 * g.ci_low:+.2f}, {100 * g.ci_high:+.2f}], {g.n_worse}/{g.n_utts} worse"
+
+
 def _max_throughput(r: dict[str, Any] | None) -> str:
     if (text := _unusable(r)) is not None:
         return text
@@ -166,6 +182,10 @@ def _device_table(device: str, all_rows: list[dict[str, Any]]) -> Table:
     t.rows.append((f"RTFx, b{b1}, {longest:g} s", [_num(cell.get((c, longest, b1)), "rtfx", ".1f") for c in columns]))
     for length in lengths:
         t.rows.append((f"WER % [95% CI], {length:g} s", [_wer(cell.get((c, length, b1))) for c in columns]))
+    if any(not is_baseline(r) and r.get("wer") is not None for r in ok):  # variants: never without accuracy
+        for length in lengths:
+            t.rows.append((f"ΔWER pts vs fp32 ref [95% CI], worse clips, {length:g} s",
+                           [_wer_delta(cell.get((c, length, b1)), rows) for c in columns]))
     for b in batches:
         t.rows.append((f"energy J/sample, b{b}, {longest:g} s",
                        [_energy(cell.get((c, longest, b)), "energy_j_per_sample") for c in columns]))
