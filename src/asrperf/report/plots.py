@@ -107,7 +107,8 @@ def _figure(ncols: int = 1, width: float = 7.5, height: float = 4.2):
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: same data, same bytes
+    # tight: legends placed below an axes stay inside the image; no version stamp: same data, same bytes
+    fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})
     return buf.getvalue()
 
 
@@ -345,7 +346,7 @@ def profile_split(rows: list[dict[str, Any]]) -> list[Plot]:
         ax.set_xlim(0, 100)
         timelines = sorted({r.get("op_timeline", "cpu") for r in drows})
         ax.set_title(f"op categories ({', '.join(timelines)} timeline)", fontsize="small")
-        _legend(ax, loc="lower right")
+        _legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)  # below: bars fill the axes
         ax = axes[1]
         bars = [_stage_bars(r) for r in drows]
         stages: list[tuple[str, bool]] = []
@@ -396,7 +397,7 @@ def decode_curve(rows: list[dict[str, Any]]) -> list[Plot]:
         ax.set_ylim(bottom=0)
         ax.set_title(_tex_safe(f"{title}, {_device_title(device, drows)}"), fontsize="medium")
         ax.grid(alpha=0.3)
-        _legend(ax)
+        _legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)  # below: lines fill the axes
         plots.append(Plot(f"decode-curve-{_slug(device)}", f"{title}, {device}", _png(fig)))
     return plots
 
