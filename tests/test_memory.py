@@ -1,6 +1,7 @@
 """Memory measurers against known allocations, NVML per-process memory against recorded readings,
 weights sizes against hand counts."""
 
+import mmap
 import os
 import sys
 import time
@@ -28,9 +29,11 @@ MIB = 2**20
 linux_proc = pytest.mark.skipif(current_rss_bytes() is None, reason="no /proc/self/statm (not Linux)")
 
 
-def _touch(n_bytes: int) -> bytearray:
-    """n_bytes really resident: one write per page (a bare bytearray(n) is zero pages, not RSS)."""
-    buf = bytearray(n_bytes)
+def _touch(n_bytes: int) -> mmap.mmap:
+    """n_bytes of fresh pages made resident: one write per page. An anonymous mapping, not a
+    bytearray: malloc may hand back heap memory an earlier test left resident (then RSS does not
+    grow), and deleting the mapping unmaps it at once."""
+    buf = mmap.mmap(-1, n_bytes)
     for i in range(0, n_bytes, 4096):
         buf[i] = 1
     return buf
