@@ -93,3 +93,14 @@ def test_random_weights_need_a_catalog_architecture(cache_dir, tmp_path):
     engine = TransformersEngine(cache_dir)
     with pytest.raises(ModelError, match="no catalog architecture"):
         engine.load(resolve("someone/some-model"), "random", "fp32", "cpu")
+
+
+def test_random_whisper_ties_its_lm_head_like_the_real_checkpoint(cache_dir, tiny_en):
+    """Random weights must cost the memory real ones do: the LM head is the token embedding."""
+    random = TransformersEngine(cache_dir)
+    random.load(resolve("whisper-tiny"), "random", "fp32", "cpu")
+    m = random.model
+    assert m.proj_out.weight.data_ptr() == m.model.decoder.embed_tokens.weight.data_ptr()
+    n_random = sum(p.numel() for p in m.parameters())
+    n_real = sum(p.numel() for p in tiny_en.model.parameters())
+    assert abs(n_random - n_real) == 384  # one vocabulary row: tiny has 51,865 tokens, tiny.en 51,864

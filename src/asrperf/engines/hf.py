@@ -76,6 +76,9 @@ def _random_fill(model: Any, seed: int = 0) -> None:
     import torch
 
     model.to_empty(device="cpu")
+    # to_empty gives every parameter its own storage: re-tie what the checkpoint ties (Whisper's LM
+    # head is its token embedding), or a random model holds up to 152 MiB more than the real one
+    model.tie_weights()
     gen = torch.Generator().manual_seed(seed)
     block = torch.randn(1 << 20, generator=gen) * RANDOM_INIT_STD
     with torch.no_grad():
