@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from asrperf.errors import ConfigError
 
@@ -172,6 +172,20 @@ class RaplReader:
 
 # --- NVML -------------------------------------------------------------------------------------
 
+def open_nvml(index: int) -> tuple[Any, Any, type] | Availability:
+    """(pynvml, handle of GPU `index`, pynvml's error class), or why NVML cannot be used here."""
+    try:
+        nvml = importlib.import_module("pynvml")
+    except ImportError:
+        return Availability(False, "`pynvml` is not installed: pip install nvidia-ml-py")
+    nvml_error = getattr(nvml, "NVMLError", Exception)
+    try:
+        nvml.nvmlInit()
+        return nvml, nvml.nvmlDeviceGetHandleByIndex(index), nvml_error
+    except nvml_error as exc:
+        return Availability(False, f"NVML cannot open GPU {index}: {exc}")
+
+
 class NvmlReader:
     """Energy of one NVIDIA GPU through NVML (`pip install nvidia-ml-py`, imported on first use).
 
@@ -202,16 +216,10 @@ class NvmlReader:
     def available(self) -> Availability:
         if self._mode is not None:  # probed already; probing again would read the counter again
             return Availability(True)
-        try:
-            nvml = importlib.import_module("pynvml")
-        except ImportError:
-            return Availability(False, "`pynvml` is not installed: pip install nvidia-ml-py")
-        nvml_error = getattr(nvml, "NVMLError", Exception)
-        try:
-            nvml.nvmlInit()
-            handle = nvml.nvmlDeviceGetHandleByIndex(self.index)
-        except nvml_error as exc:
-            return Availability(False, f"NVML cannot open GPU {self.index}: {exc}")
+        opened = open_nvml(self.index)
+        if isinstance(opened, Availability):
+            return opened
+        nvml, handle, nvml_error = opened
         try:
             nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
             mode = "counter"

@@ -31,7 +31,6 @@ that keeps its copy out of sight (CTranslate2, ONNX Runtime) loaded, labelled as
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
 import resource
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from asrperf.engines.base import LoadedWeights
-from asrperf.measure.energy import Availability
+from asrperf.measure.energy import Availability, open_nvml
 
 PROC_STATUS = Path("/proc/self/status")
 PROC_STATM = Path("/proc/self/statm")
@@ -150,14 +149,11 @@ class NvmlProcessMemory:
     def available(self) -> Availability:
         if self._nvml is not None:
             return Availability(True)
+        opened = open_nvml(self.index)
+        if isinstance(opened, Availability):
+            return opened
+        nvml, handle, nvml_error = opened
         try:
-            nvml = importlib.import_module("pynvml")
-        except ImportError:
-            return Availability(False, "`pynvml` is not installed: pip install nvidia-ml-py")
-        nvml_error = getattr(nvml, "NVMLError", Exception)
-        try:
-            nvml.nvmlInit()
-            handle = nvml.nvmlDeviceGetHandleByIndex(self.index)
             nvml.nvmlDeviceGetComputeRunningProcesses(handle)
         except nvml_error as exc:
             return Availability(False, f"NVML cannot list the processes on GPU {self.index}: {exc}")

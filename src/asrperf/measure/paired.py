@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from asrperf.measure.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
-from asrperf.measure.wer import _counts, normalize
+from asrperf.measure.wer import count_table
 
 LEVEL = 0.95
 
@@ -45,21 +45,6 @@ class WerDelta:
     n_worse: int | None  # utterances whose word errors went up (paired only)
     n_better: int | None  # ... went down (paired only)
     n_boot: int
-
-
-def _count_table(refs: Sequence[str], hyps: Sequence[str], normalise: bool) -> np.ndarray:
-    """(n, 4) array of word edits, reference words, char edits, reference chars per utterance."""
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    if not refs:
-        raise ValueError("no utterances to score")
-    if normalise:
-        refs = [normalize(r) for r in refs]
-        hyps = [normalize(h) for h in hyps]
-    counts = np.array([_counts(r, h) for r, h in zip(refs, hyps)], dtype=float)
-    if counts[:, 1].sum() == 0:
-        raise ValueError("the references hold no words after normalisation")
-    return counts
 
 
 def _rate(c: np.ndarray, num: int, den: int) -> np.ndarray:
@@ -107,8 +92,8 @@ def paired_wer_delta(
     """
     if len(hyps_base) != len(hyps_variant):
         raise ValueError(f"paired WER: {len(hyps_base)} base but {len(hyps_variant)} variant hypotheses")
-    base = _count_table(refs, hyps_base, normalise)
-    variant = _count_table(refs, hyps_variant, normalise)
+    base = count_table(refs, hyps_base, normalise)
+    variant = count_table(refs, hyps_variant, normalise)
     idx = np.random.default_rng(seed).integers(0, len(base), size=(n_boot, len(base)))
     return _delta(base, variant, base[idx], variant[idx], True, n_boot)
 
@@ -127,8 +112,8 @@ def unpaired_wer_delta(
     Wider than the paired CI (the utterance difficulty no longer cancels); use it only when the
     clips differ.
     """
-    base = _count_table(refs_base, hyps_base, normalise)
-    variant = _count_table(refs_variant, hyps_variant, normalise)
+    base = count_table(refs_base, hyps_base, normalise)
+    variant = count_table(refs_variant, hyps_variant, normalise)
     rng = np.random.default_rng(seed)
     idx_b = rng.integers(0, len(base), size=(n_boot, len(base)))
     idx_v = rng.integers(0, len(variant), size=(n_boot, len(variant)))

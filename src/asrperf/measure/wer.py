@@ -63,19 +63,25 @@ def _counts(ref: str, hyp: str) -> tuple[int, int, int, int]:
     return word_edits, len(ref.split()), char_edits, len(ref)
 
 
-def error_rates(references: Sequence[str], hypotheses: Sequence[str], normalise: bool = True) -> ErrorRates:
-    """WER and CER over paired utterances; normalised with Whisper's English normaliser by default."""
+def count_table(references: Sequence[str], hypotheses: Sequence[str], normalise: bool = True) -> np.ndarray:
+    """(n, 4) array per utterance: word edits, reference words, char edits, reference chars."""
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     if not references:
-        raise ValueError("error_rates: no utterances to score")
+        raise ValueError("no utterances to score")
     if normalise:
         references = [normalize(r) for r in references]
         hypotheses = [normalize(h) for h in hypotheses]
     counts = np.array([_counts(r, h) for r, h in zip(references, hypotheses)], dtype=float)
+    if counts[:, 1].sum() == 0:
+        raise ValueError("the references hold no words after normalisation")
+    return counts
+
+
+def error_rates(references: Sequence[str], hypotheses: Sequence[str], normalise: bool = True) -> ErrorRates:
+    """WER and CER over paired utterances; normalised with Whisper's English normaliser by default."""
+    counts = count_table(references, hypotheses, normalise)
     we, rw, ce, rc = counts.sum(axis=0)
-    if rw == 0:
-        raise ValueError("error_rates: the references hold no words after normalisation")
 
     def ratio(num: int, den: int):
         return lambda a: a[..., num].sum(axis=-1) / np.maximum(a[..., den].sum(axis=-1), 1)
