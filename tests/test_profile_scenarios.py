@@ -163,8 +163,9 @@ def test_roofline_on_profile_rows(store):
         per_call_s = 0.0
         for p in row["roofline"]:
             assert p["flops"] > 0 and p["bytes"] > p["bytes_weight"] > 0
-            # a lower bound: never above what the stage measured (peaks measured in the same cell)
-            assert p["lower_bound_s"] <= p["time_s"], p
+            # a lower bound: not above what the stage measured (peaks measured in the same cell, but at
+            # another moment: 15% allows for a shared CPU slowing the peak probe, not the stage)
+            assert p["lower_bound_s"] <= 1.15 * p["time_s"], p
             assert p["bound"] in ("compute", "memory", "launch/overhead")
             per_call_s += p["time_s"] * p["invocations_per_call"]
         # the root forwards run inside the same timed calls, so never more than all of them; the rest
