@@ -56,6 +56,19 @@ def test_candidates_on_cpu_start_with_the_reference_and_skip_gpu_options():
     assert all(m.engine == "transformers" for m in candidates("wav2vec2-base", "cpu", engines=("transformers",)))
 
 
+def test_candidates_for_long_audio_add_batched_windows_to_whisper_only():
+    short = candidates("whisper-tiny.en", "cpu", weights="real", compile=False)
+    assert all(m.longform == "sequential" for m in short)
+    long = candidates("whisper-tiny.en", "cpu", weights="real", compile=False, long_audio=True)
+    batched = [m for m in long if m.longform == "batched"]
+    assert ("transformers", "fp32") in {(m.engine, m.dtype) for m in batched}
+    assert all(m.engine in ("transformers", "ct2") for m in batched)
+    assert set(long) - set(batched) == set(short)
+    if any(m.engine == "ct2" for m in short):
+        assert any(m.engine == "ct2" and m.dtype == "int8" for m in batched)
+    assert not any(m.longform == "batched" for m in candidates("wav2vec2-base", "cpu", long_audio=True))
+
+
 def test_candidates_on_cuda_try_half_precision_and_cuda_graphs():
     models = candidates("whisper-tiny.en", "cuda", compile=True, engines=("transformers",))
     assert {"fp16", "bf16"} <= {m.dtype for m in models}

@@ -36,14 +36,14 @@ def _build_config(
     threads: str | None, n_clips: int | None, store: Path | None, cache_dir: Path | None, isolate: bool | None,
     timeout: float | None, manifest: Path | None, folder: Path | None, hf_dataset: str | None,
     hf_config: str | None, split: str | None, weights: str | None, dtype: str | None,
-    quant: str | None = None, attn: str | None = None, compile_: bool | None = None,
+    quant: str | None = None, attn: str | None = None, compile_: bool | None = None, longform: str | None = None,
 ) -> RunConfig:
     base = load_config(config) if config else config_from_dict(default_config_dict(), "embedded default")
     changes: dict = {}
     if models:
         changes["models"] = tuple(dataclasses.replace(base.models[0], name=m, label="", weights="auto") for m in models)
     per_model = {k: v for k, v in (("weights", weights), ("dtype", dtype), ("quant", quant), ("attn", attn),
-                                   ("compile", compile_)) if v is not None}
+                                   ("compile", compile_), ("longform", longform)) if v is not None}
     if per_model:
         changes["models"] = tuple(dataclasses.replace(m, **per_model) for m in changes.get("models", base.models))
     for key, value in (("clip_lengths_s", _floats(lengths, "lengths")),
@@ -85,6 +85,7 @@ def run(
     quant: Optional[str] = typer.Option(None, help="none | int8_dynamic | int8_weight_only, for every model (engine transformers)."),
     attn: Optional[str] = typer.Option(None, help="sdpa | eager | flash_attention_2 (CUDA, fp16/bf16), for every model (engine transformers)."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile every model; Whisper decodes with a static KV cache (engine transformers)."),
+    longform: Optional[str] = typer.Option(None, help="sequential | batched: Whisper clips over 30 s one window after another (OpenAI), or cut at pauses into windows decoded together (engines transformers, ct2)."),
     manifest: Optional[Path] = typer.Option(None, help="CSV/TSV/JSONL manifest with audio and text columns."),
     folder: Optional[Path] = typer.Option(None, help="Folder of audio files with same-name .txt transcripts."),
     hf_dataset: Optional[str] = typer.Option(None, help="Hugging Face dataset name or save_to_disk folder."),
@@ -104,7 +105,7 @@ def run(
 
     cfg = _build_config(config, model, lengths, batch, device, threads, n_clips, store, cache_dir, isolate,
                         timeout, manifest, folder, hf_dataset, hf_config, split, weights, dtype,
-                        quant=quant, attn=attn, compile_=compile_)
+                        quant=quant, attn=attn, compile_=compile_, longform=longform)
     if engine:  # the same checkpoints through several engines, side by side
         cfg = dataclasses.replace(cfg, models=tuple(dataclasses.replace(m, engine=e) for e in engine
                                                     for m in cfg.models)).validate()

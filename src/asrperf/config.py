@@ -27,6 +27,11 @@ DTYPE_CHOICES = ("fp32", "fp16", "bf16", "int8", "int8_float32", "int8_float16",
 QUANT_CHOICES = ("none", "int8_dynamic", "int8_weight_only")
 ATTN_CHOICES = ("sdpa", "eager", "flash_attention_2")
 VARIANT_ENGINES = ("transformers",)  # engines that implement quant / attn / compile / cuda_graphs
+# Whisper clips over 30 s: "sequential" is OpenAI's algorithm (one window after another, sliding by
+# the last timestamp); "batched" cuts the clip at pauses into <= 30 s windows decoded together
+# without timestamps (engines/windows.py)
+LONGFORM_CHOICES = ("sequential", "batched")
+LONGFORM_ENGINES = ("transformers", "ct2")
 CLIP_MODES = ("exact", "loop")
 SCENARIOS = ("latency", "max_throughput", "profile", "decode")
 MAX_DECODE_TOKENS = 440  # Whisper decodes at most 448 positions, prompt included
@@ -45,6 +50,7 @@ class ModelConfig:
     attn: str = "sdpa"  # ATTN_CHOICES: the attention implementation the model runs
     compile: bool = False  # torch.compile the model; Whisper then decodes with a static KV cache
     cuda_graphs: bool = False  # CUDA only, with compile: torch.compile mode "reduce-overhead"
+    longform: str = "sequential"  # LONGFORM_CHOICES: how Whisper decodes clips over 30 s
 
     @property
     def display(self) -> str:
@@ -52,7 +58,7 @@ class ModelConfig:
 
     @property
     def options(self) -> "VariantOptions":
-        return VariantOptions(self.quant, self.attn, self.compile, self.cuda_graphs)
+        return VariantOptions(self.quant, self.attn, self.compile, self.cuda_graphs, self.longform)
 
     @property
     def variant(self) -> str:
@@ -68,11 +74,13 @@ class VariantOptions:
     attn: str = "sdpa"
     compile: bool = False
     cuda_graphs: bool = False
+    longform: str = "sequential"
 
     def label(self, dtype: str) -> str:
         """dtype, then each option that is not the baseline: "fp16+compile+cuda_graphs"."""
-        opts = dataclasses.asdict(self).items()  # field order: quant, attn, compile, cuda_graphs
-        return "+".join([dtype] + [k if v is True else f"{k}={v}" for k, v in opts if v not in ("none", "sdpa", False)])
+        opts = dataclasses.asdict(self).items()  # field order: quant, attn, compile, cuda_graphs, longform
+        base = dataclasses.asdict(VariantOptions())
+        return "+".join([dtype] + [k if v is True else f"{k}={v}" for k, v in opts if v != base[k]])
 
     @property
     def is_baseline(self) -> bool:
@@ -84,6 +92,10 @@ def check_variant(m: ModelConfig, device: str | None = None) -> None:
     that depend on it too. Whether a library is installed is checked when the engine loads."""
     _choice("models.quant", m.quant, QUANT_CHOICES)
     _choice("models.attn", m.attn, ATTN_CHOICES)
+    _choice("models.longform", m.longform, LONGFORM_CHOICES)
+    if m.longform != "sequential" and m.engine not in LONGFORM_ENGINES:
+        raise ConfigError(f"{m.name}: longform = '{m.longform}' with engine = '{m.engine}': only engines "
+                          f"{'/'.join(LONGFORM_ENGINES)} decode batched windows; remove longform or use one of them")
     for key in ("compile", "cuda_graphs"):
         if not isinstance(getattr(m, key), bool):
             raise ConfigError(f"models.{key}: {getattr(m, key)!r} is not true or false")

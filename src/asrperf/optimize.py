@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asrperf.config import ModelConfig, RunConfig, dump_config
+from asrperf.config import LONGFORM_ENGINES, ModelConfig, RunConfig, dump_config
 from asrperf.errors import ConfigError
 
 DEFAULT_WER_BUDGET = 0.005  # +0.5 WER points, absolute
@@ -54,7 +54,10 @@ def _ct2_types(device: str) -> set[str]:
         return set()
     import ctranslate2
 
-    return set(ctranslate2.get_supported_compute_types("cuda" if device.startswith("cuda") else "cpu"))
+    try:
+        return set(ctranslate2.get_supported_compute_types("cuda" if device.startswith("cuda") else "cpu"))
+    except RuntimeError:  # a CUDA device this ctranslate2 build or driver cannot use: no ct2 candidates
+        return set()
 
 
 # CTranslate2 compute type -> asrperf dtype name
@@ -63,10 +66,12 @@ _CT2_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int8":
 
 
 def candidates(name: str, device: str, weights: str = "auto", engines: tuple[str, ...] = (),
-               compile: bool = True) -> list[ModelConfig]:
+               compile: bool = True, long_audio: bool = False) -> list[ModelConfig]:
     """The variants worth trying for `name` on `device`; the fp32 transformers reference comes first.
 
     `engines` restricts the engines tried (default: every installed engine that runs this family).
+    `long_audio` (clips over 30 s) adds batched long-form windows to the Whisper variants that
+    support it: the fp32 and int8 transformers ones and every CTranslate2 compute type.
     """
     from asrperf.engines.catalog import resolve
     from asrperf.engines.registry import supports
@@ -92,6 +97,10 @@ def candidates(name: str, device: str, weights: str = "auto", engines: tuple[str
         types = _ct2_types(device)
         order = ("float16", "int8_float16", "int8") if cuda else ("float32", "int8", "int8_float32", "int8_bfloat16")
         out += [ModelConfig(name=name, engine="ct2", weights=weights, dtype=_CT2_DTYPES[t]) for t in order if t in types]
+    if long_audio and spec.family == "whisper":
+        out += [dataclasses.replace(m, longform="batched") for m in list(out)
+                if m.engine in LONGFORM_ENGINES and not m.compile and m.attn == "sdpa"
+                and (m.engine == "ct2" or m.dtype in ("fp32", "fp16"))]
     if "ort" in want and supports("ort", spec.family) and importlib.util.find_spec("onnxruntime") is not None:
         out += [ModelConfig(name=name, engine="ort", weights=weights, dtype=d) for d in ("fp32", "int8")]
     return out
@@ -116,7 +125,7 @@ def optimize(
     from asrperf.run.runner import run
 
     weights = base.models[0].weights if base.models else "auto"
-    models = candidates(name, device, weights, engines, compile)
+    models = candidates(name, device, weights, engines, compile, long_audio=clip_length_s > 30)
     cfg = dataclasses.replace(
         base, models=tuple(models), clip_lengths_s=(clip_length_s,), batch_sizes=(batch_size,),
         devices=(device,), threads=base.threads[:1], scenarios=("latency",), accuracy=True, energy=False,

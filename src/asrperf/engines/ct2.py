@@ -163,6 +163,14 @@ class CTranslate2Engine(Engine):
         except (RuntimeError, ValueError, OSError) as exc:
             raise ModelError(f"{path}: CTranslate2 cannot load this model on {device} ({exc})") from exc
         self.batched = fw.BatchedInferencePipeline(self.model)
+        self.longform = spec.options.longform
+        self.pool = None
+        if self.longform == "batched" and kind == "cpu" and threads > 1:
+            # windows decode in parallel, one core each: a decoder step is too small to keep
+            # several threads busy, so a window per core beats one batch on all cores
+            # (benchmarks/README.md); the encoder still runs as one batch on every thread
+            self.pool = ct2.models.Whisper(str(path), device="cpu", compute_type=compute_type, intra_threads=1,
+                                           inter_threads=threads)
         # English-only models have no language token; multilingual ones detect the language, as the
         # transformers engine's generate() does when given none (faster-whisper detects it from the
         # first 30 s of a clip, or once for a whole batch of short clips)
@@ -238,6 +246,8 @@ class CTranslate2Engine(Engine):
     # -- the timed call ----------------------------------------------------------------------
     def transcribe(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
         """Transcribe float32 mono waveforms; feature extraction runs inside faster-whisper."""
+        if self.longform == "batched":
+            return self._windows(audios, sample_rate)
         if len(audios) > 1 and max(len(a) for a in audios) <= WINDOW_SAMPLES:
             return self._batched_short(audios, sample_rate)
         texts, tokens = [], []
@@ -283,6 +293,66 @@ class CTranslate2Engine(Engine):
                              f"run with batch size 1 or pin faster-whisper to a tested version (1.2)")
         self._info["longform"] = "none needed (<= 30 s); the batch decoded together (faster-whisper BatchedInferencePipeline)"
         return Transcription([s.text.strip() for s in segments], [len(s.tokens) for s in segments])
+
+    def _windows(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
+        """Batched long-form: every clip cut at pauses into <= 30 s windows (engines/windows.py); all
+        windows of the batch encoded as one batch, then decoded without timestamps, either in
+        parallel on the CPU pool (one core per window) or as one batch (GPU, or one thread)."""
+        import ctranslate2
+
+        from asrperf.engines.windows import describe, split_windows
+
+        per_clip = [split_windows(a, sample_rate) for a in audios]
+        owners = [i for i, ws in enumerate(per_clip) for _ in ws]
+        texts, tokens = [""] * len(audios), [0] * len(audios)
+        self._info["longform"] = (f"batched windows (cut at pauses, <= 30 s, no timestamps; "
+                                  f"{'decoded in parallel, one CPU core per window' if self.pool else 'decoded as one batch'})")
+        self._info["windows"] = describe(per_clip, sample_rate)
+        if not owners:
+            return Transcription(texts, tokens)
+        fe = self.model.feature_extractor
+        # each window padded with silence to 30 s before the log-mel, as OpenAI's pad_or_trim does
+        mels = np.stack([fe(np.pad(a[w.start:w.end], (0, WINDOW_SAMPLES - w.n)))[:, :fe.nb_max_frames]
+                         for a, ws in zip(audios, per_clip) for w in ws])
+        model = self.model.model
+        encoded = model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mels)), to_cpu=self.pool is not None)
+        prompts = self._window_prompts(encoded, owners)
+        opts = {"beam_size": 1, "max_length": self.model.max_length, "suppress_blank": True, "suppress_tokens": [-1]}
+        if self.pool is None:
+            results = model.generate(encoded, prompts, **opts)
+        else:
+            rows = np.asarray(encoded)
+            jobs = [self.pool.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(rows[k:k + 1])),
+                                       [prompts[k]], asynchronous=True, **opts)[0] for k in range(len(owners))]
+            results = [job.result() for job in jobs]
+        tokenizer = self._tokenizer()
+        for owner, result in zip(owners, results):
+            ids = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+            texts[owner] = (texts[owner] + " " + tokenizer.decode(ids).strip()).strip()
+            tokens[owner] += len(ids)
+        return Transcription(texts, tokens)
+
+    def _tokenizer(self) -> Any:
+        from faster_whisper.tokenizer import Tokenizer
+
+        return Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
+                         language=self.language or ("en" if self.model.model.is_multilingual else None))
+
+    def _window_prompts(self, encoded: Any, owners: list[int]) -> list[list[int]]:
+        """<|startoftranscript|> [language, task] <|notimestamps|> per window; a multilingual model's
+        language is detected from each clip's first window, as faster-whisper does per clip."""
+        tokenizer = self._tokenizer()
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        if not self.model.model.is_multilingual:
+            return [prompt] * len(owners)
+        detected = self.model.model.detect_language(encoded)
+        first = {owner: k for k, owner in reversed(list(enumerate(owners)))}
+        slot = prompt.index(tokenizer.language)
+        out = []
+        for owner in owners:
+            lang = tokenizer.tokenizer.token_to_id(detected[first[owner]][0][0])
+            out.append([*prompt[:slot], lang, *prompt[slot + 1:]])
+        return out
 
     def synchronize(self) -> None:
         """No-op: CTranslate2 returns results to the host, so each call has finished on return."""

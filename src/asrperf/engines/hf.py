@@ -160,6 +160,9 @@ class TransformersEngine(Engine):
         # wav2vec2's weight-norm parametrised positional conv does
         self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
         n_params = sum(p.numel() for p in self.model.parameters())  # before quantization packs the Linears
+        if spec.options.longform != "sequential" and self.family != "whisper":
+            raise ModelError(f"'{spec.name}' is a CTC model: longform = '{spec.options.longform}' applies to Whisper "
+                             f"only (a CTC model reads the whole clip at once); remove longform")
         self._apply_options(spec.options, dtype)
         if self.family == "whisper" and not spec.options.compile:
             # (the marks open in a pre-hook and close in a post-hook, which torch.compile cannot trace)
@@ -300,6 +303,8 @@ class TransformersEngine(Engine):
                 out = self._ctc(audios, sample_rate)
             elif self.weights == "random":
                 out = self._whisper_fixed_tokens(audios, sample_rate)
+            elif self.spec.options.longform == "batched":
+                out = self._whisper_windows(audios, sample_rate)
             else:
                 out = self._whisper(audios, sample_rate)
         if before is not None:
@@ -358,6 +363,34 @@ class TransformersEngine(Engine):
             special = set(self.tok.all_special_ids)
             tokens = [sum(1 for t in row.tolist() if t not in special) for row in sequences]
         self._info["tokens_policy"] = "real (the model's own end-of-text)"
+        return Transcription(texts, tokens)
+
+    def _whisper_windows(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
+        """Batched long-form: every clip cut at pauses into <= 30 s windows (engines/windows.py), all
+        windows of the batch encoded and decoded as one generate() batch, without timestamps."""
+        from asrperf.engines.windows import describe, split_windows
+
+        per_clip = [split_windows(a, sample_rate) for a in audios]
+        owners = [i for i, ws in enumerate(per_clip) for _ in ws]
+        texts, tokens = [""] * len(audios), [0] * len(audios)
+        self._info["longform"] = "batched windows (cut at pauses, <= 30 s, no timestamps; decoded as one batch)"
+        self._info["windows"] = describe(per_clip, sample_rate)
+        self._info["tokens_policy"] = "real (the model's own end-of-text)"
+        if not owners:
+            return Transcription(texts, tokens)
+        with _stage("feature_extraction"):
+            # the feature extractor pads each window with silence to 30 s, as for any short clip
+            feats = self.fe([a[w.start:w.end] for a, ws in zip(audios, per_clip) for w in ws],
+                            sampling_rate=sample_rate, return_tensors="pt")
+        with _stage("host_to_device"):
+            features = feats.input_features.to(self.device, self.dtype)
+        with _stage("model"):
+            sequences = self.model.generate(features, num_beams=1, do_sample=False, return_timestamps=False)
+        with _stage("detokenize"):
+            special = set(self.tok.all_special_ids)
+            for owner, row, text in zip(owners, sequences, self.tok.batch_decode(sequences, skip_special_tokens=True)):
+                texts[owner] = (texts[owner] + " " + text.strip()).strip()
+                tokens[owner] += sum(1 for t in row.tolist() if t not in special)
         return Transcription(texts, tokens)
 
     def _whisper_fixed_tokens(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
