@@ -1,4 +1,4 @@
-"""Conformer-family CTC models (Wav2Vec2-Conformer, Parakeet) with random weights, end to end."""
+"""Conformer-family models (Wav2Vec2-Conformer, Parakeet CTC, RNN-T and TDT) with random weights, end to end."""
 
 import numpy as np
 import pytest
@@ -66,3 +66,53 @@ def test_parakeet_runs_the_full_measurement_path(tmp_path, cache_dir, tiny_sourc
     row = rows[0]
     assert row["status"] == "ok", row.get("error")
     assert row["weights"] == "random" and row["wer"] is None
+
+
+# -- transducers (RNN-T, TDT) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, model_type", [("parakeet-rnnt-0.6b", "parakeet_rnnt"), ("parakeet-tdt-0.6b-v3", "parakeet_tdt")])
+def test_transducer_architectures_are_0_6b_and_resolve_to_the_transducer_family(name, model_type):
+    import torch
+    import transformers as tf
+
+    from asrperf.engines.catalog import TRANSDUCER_CLASSES
+
+    spec = resolve(name)
+    assert spec.family == "transducer" and spec.architecture["model_type"] == model_type
+    arch = dict(spec.architecture)
+    arch.pop("model_type")
+    with torch.device("meta"):
+        model = getattr(tf, TRANSDUCER_CLASSES[model_type])(tf.AutoConfig.for_model(model_type, **arch))
+    # the checkpoints are published as 0.6B-parameter models
+    assert 0.55e9 < sum(p.numel() for p in model.parameters()) < 0.70e9
+
+
+def test_random_rnnt_takes_one_decoder_step_per_encoder_frame(cache_dir):
+    engine = TransformersEngine(cache_dir)
+    engine.load(resolve("parakeet-rnnt-0.6b"), "random", "fp32", "cpu")
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(0, 0.1, n * SAMPLE_RATE).astype(np.float32) for n in (2, 1)]
+    out = engine.transcribe(clips, SAMPLE_RATE)
+    # random weights are biased to blank: nothing is emitted, and the loop walks every frame once
+    assert out.texts == ["", ""] and out.tokens == [0, 0]
+    feats = engine.fe(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="longest")
+    # the loop ends when the longest clip's valid (unpadded) encoder frames are used up
+    frames = int(engine.model.encoder._get_subsampling_output_length(feats.attention_mask.sum(-1)).max())
+    assert engine.info()["decoder_steps"] == frames
+    assert 0.95 * 12.5 * 2 <= frames <= 1.05 * 12.5 * 2 + 1  # 8x subsampling of 10 ms frames, 2 s
+    assert engine.info()["tokens_policy"].startswith("fixed: blank at every encoder frame")
+
+
+def test_tdt_runs_the_full_measurement_path(tmp_path, cache_dir, tiny_source):
+    cfg = config_from_dict({
+        "source": tiny_source,
+        "models": [{"name": "parakeet-tdt-0.6b-v3", "weights": "random"}],
+        "timing": {"warmup_calls": 0, "min_calls": 1, "min_time_s": 0.0},
+        "run": {"clip_lengths_s": [3], "n_clips": 1, "store": str(tmp_path / "r.sqlite"), "cache_dir": str(cache_dir)},
+    })
+    assert run(cfg).failed == 0
+    with Store(cfg.store) as s:
+        (row,) = s.rows()
+    assert row["status"] == "ok", row.get("error")
+    assert row["weights"] == "random" and row["wer"] is None and row["latency_s_p50"] > 0
+    assert row["tokens_policy"].startswith("fixed: blank at every encoder frame")

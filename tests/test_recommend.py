@@ -266,3 +266,25 @@ def test_report_prints_recommendations(tmp_path, rows):
     (tmp_path / "t.toml").write_text("[recommend]\nbudget = 1\n")
     res = _cli("report", "--store", str(path), "--thresholds", str(tmp_path / "t.toml"), cwd=tmp_path)
     assert res.returncode == 2 and "unknown key 'budget'" in res.stderr
+
+
+def test_study_table_shows_idle_power_and_net_energy_only_where_counters_measured_them():
+    from asrperf.report.tables import study_tables
+
+    measured = row("whisper-tiny.en", measured=True, j_per_audio_s=2.0, idle_power_w=12.5,
+                   energy_net_j_per_sample=18.0, energy_net_j_per_audio_s=1.2)
+    estimated = row("whisper-small", j_per_audio_s=5.0)
+    names = dict(study_tables([measured, estimated])[0].rows)
+    assert names["idle power W (before the window), b1, 15 s"][0] == "12.5"
+    assert names["energy net of idle J/sample, b1, 15 s"][0] == "18 (measured)"
+    assert names["energy net of idle J/audio-s, b1, 15 s"] == ["1.2 (measured)", "—"]
+    assert not any("idle" in n for n in dict(study_tables([estimated])[0].rows))
+
+
+def test_study_table_gives_max_throughput_with_the_latency_of_its_batch():
+    from asrperf.report.tables import study_tables
+
+    searched = row("whisper-base", scenario="max_throughput", batch=0, max_throughput_samples_per_s=0.91,
+                   max_throughput_batch_size=6, max_throughput_latency_s_p50=6.59, max_throughput_stop_reason="plateau")
+    (value,) = dict(study_tables([row("whisper-base"), searched])[0].rows)["max throughput samples/s, 15 s"]
+    assert value == "0.91 at b6, p50 6,590 ms per batch (stop: plateau)"

@@ -26,7 +26,7 @@ class ModelSpec:
     """A resolved model: what to load, and what kind of model it is."""
 
     name: str  # what the user wrote: catalog name, Hub id or local directory
-    family: str  # "whisper" (seq2seq) or "ctc"
+    family: str  # "whisper" (seq2seq), "ctc" or "transducer" (RNN-T / TDT)
     source: str  # Hub id or local directory holding real weights ("" if none is known)
     architecture: dict[str, Any] = field(default_factory=dict)  # config kwargs for random weights
     english_only: bool = False

@@ -60,24 +60,32 @@ def _w2v2_conformer(hidden: int, layers: int, heads: int, position: str) -> dict
     }
 
 
-def _parakeet_ctc(layers: int, hidden: int = 1024, heads: int = 8, vocab: int = 1025) -> dict:
-    # NeMo FastConformer: 80 mel bins, 8x depthwise-conv subsampling (256 channels), conv kernel 9,
-    # 4x FFN. The CTC head has the 1024 SentencePiece pieces + 1 blank, the blank last (= pad id).
+def _fastconformer(layers: int, hidden: int = 1024, heads: int = 8) -> dict:
+    # NeMo FastConformer: 80 mel bins, 8x depthwise-conv subsampling (256 channels), conv kernel 9, 4x FFN
     return {
-        "model_type": "parakeet_ctc",
-        "vocab_size": vocab,
-        "pad_token_id": vocab - 1,
-        "encoder_config": {
-            "hidden_size": hidden,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "intermediate_size": 4 * hidden,
-            "conv_kernel_size": 9,
-            "subsampling_factor": 8,
-            "subsampling_conv_channels": 256,
-            "num_mel_bins": 80,
-        },
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": 4 * hidden,
+        "conv_kernel_size": 9,
+        "subsampling_factor": 8,
+        "subsampling_conv_channels": 256,
+        "num_mel_bins": 80,
     }
+
+
+def _parakeet_ctc(layers: int, hidden: int = 1024, heads: int = 8, vocab: int = 1025) -> dict:
+    # The CTC head has the 1024 SentencePiece pieces + 1 blank, the blank last (= pad id).
+    return {"model_type": "parakeet_ctc", "vocab_size": vocab, "pad_token_id": vocab - 1,
+            "encoder_config": _fastconformer(layers, hidden, heads)}
+
+
+def _parakeet_transducer(model_type: str, layers: int, vocab: int) -> dict:
+    # FastConformer encoder, a 2-layer LSTM prediction network and a joint network of width 640
+    # (transformers' defaults for these checkpoints); the blank is the last id. TDT's joint also
+    # predicts a duration of 0-4 frames per step.
+    return {"model_type": model_type, "vocab_size": vocab, "blank_token_id": vocab - 1, "decoder_hidden_size": 640,
+            "num_decoder_layers": 2, "encoder_config": _fastconformer(layers)}
 
 
 CATALOG: dict[str, ModelSpec] = {
@@ -101,11 +109,18 @@ CATALOG: dict[str, ModelSpec] = {
     # 0.6b = FastConformer-Large (24 layers), 1.1b = FastConformer-XXL (42 layers), same width
     "parakeet-ctc-0.6b": ModelSpec("parakeet-ctc-0.6b", "ctc", "nvidia/parakeet-ctc-0.6b", _parakeet_ctc(24), True),
     "parakeet-ctc-1.1b": ModelSpec("parakeet-ctc-1.1b", "ctc", "nvidia/parakeet-ctc-1.1b", _parakeet_ctc(42), True),
+    # transducers: 1024 English pieces (RNN-T 0.6b), 8192 multilingual pieces (TDT 0.6b v3), + blank
+    "parakeet-rnnt-0.6b": ModelSpec("parakeet-rnnt-0.6b", "transducer", "nvidia/parakeet-rnnt-0.6b",
+                                    _parakeet_transducer("parakeet_rnnt", 24, 1025), True),
+    "parakeet-tdt-0.6b-v3": ModelSpec("parakeet-tdt-0.6b-v3", "transducer", "nvidia/parakeet-tdt-0.6b-v3",
+                                      _parakeet_transducer("parakeet_tdt", 24, 8193)),
 }
 
 # model_type in a checkpoint's config.json -> family; decides the decoding path, never the name
 FAMILY_BY_MODEL_TYPE = {"whisper": "whisper", "wav2vec2": "ctc", "hubert": "ctc", "wav2vec2-conformer": "ctc", "wavlm": "ctc",
-                        "parakeet_ctc": "ctc"}
+                        "parakeet_ctc": "ctc", "parakeet_rnnt": "transducer", "parakeet_tdt": "transducer"}
+# transducer model_type -> the transformers class that runs it (greedy decoding in its generate())
+TRANSDUCER_CLASSES = {"parakeet_rnnt": "ParakeetForRNNT", "parakeet_tdt": "ParakeetForTDT"}
 
 
 def resolve(name: str) -> ModelSpec:

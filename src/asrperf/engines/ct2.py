@@ -295,12 +295,12 @@ class CTranslate2Engine(Engine):
         return Transcription([s.text.strip() for s in segments], [len(s.tokens) for s in segments])
 
     def _windows(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
-        """Batched long-form: every clip cut at pauses into <= 30 s windows (engines/windows.py); all
-        windows of the batch encoded as one batch, then decoded without timestamps, either in
-        parallel on the CPU pool (one core per window) or as one batch (GPU, or one thread)."""
+        """Batched long-form: every clip cut at pauses into <= 30 s windows (engines/windows.py); the
+        windows of the batch encoded WINDOW_BATCH at a time, then decoded without timestamps, either
+        in parallel on the CPU pool (one core per window) or as one batch (GPU, or one thread)."""
         import ctranslate2
 
-        from asrperf.engines.windows import describe, split_windows
+        from asrperf.engines.windows import WINDOW_BATCH, describe, split_windows
 
         per_clip = [split_windows(a, sample_rate) for a in audios]
         owners = [i for i, ws in enumerate(per_clip) for _ in ws]
@@ -315,16 +315,19 @@ class CTranslate2Engine(Engine):
         mels = np.stack([fe(np.pad(a[w.start:w.end], (0, WINDOW_SAMPLES - w.n)))[:, :fe.nb_max_frames]
                          for a, ws in zip(audios, per_clip) for w in ws])
         model = self.model.model
-        encoded = model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mels)), to_cpu=self.pool is not None)
-        prompts = self._window_prompts(encoded, owners)
         opts = {"beam_size": 1, "max_length": self.model.max_length, "suppress_blank": True, "suppress_tokens": [-1]}
-        if self.pool is None:
-            results = model.generate(encoded, prompts, **opts)
-        else:
+        results, jobs = [], []
+        for lo in range(0, len(owners), WINDOW_BATCH):  # bounded encoder memory for large batches
+            part = ctranslate2.StorageView.from_array(np.ascontiguousarray(mels[lo:lo + WINDOW_BATCH]))
+            encoded = model.encode(part, to_cpu=self.pool is not None)
+            prompts = self._window_prompts(encoded, owners[lo:lo + WINDOW_BATCH])
+            if self.pool is None:
+                results += model.generate(encoded, prompts, **opts)
+                continue
             rows = np.asarray(encoded)
-            jobs = [self.pool.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(rows[k:k + 1])),
-                                       [prompts[k]], asynchronous=True, **opts)[0] for k in range(len(owners))]
-            results = [job.result() for job in jobs]
+            jobs += [self.pool.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(rows[k:k + 1])),
+                                        [prompts[k]], asynchronous=True, **opts)[0] for k in range(len(prompts))]
+        results += [job.result() for job in jobs]
         tokenizer = self._tokenizer()
         for owner, result in zip(owners, results):
             ids = [t for t in result.sequences_ids[0] if t < tokenizer.eot]

@@ -17,7 +17,7 @@ import numpy as np
 from asrperf.config import VariantOptions
 from asrperf.data.audio import SAMPLE_RATE
 from asrperf.engines.base import GREEDY_DECODING, Engine, LoadedWeights, ModelSpec, Transcription
-from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
+from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE, TRANSDUCER_CLASSES
 from asrperf.errors import ConfigError, ModelError, require
 
 WINDOW_S = 30  # Whisper's fixed input window, seconds
@@ -35,6 +35,9 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # Outside a profiler a mark costs ~1 us. Whisper also marks "encoder" and "decoder" (each decoder
 # step) inside "model", through forward hooks (_mark_module).
 STAGES = ("feature_extraction", "host_to_device", "model", "detokenize")
+# CTC models add the greedy decode (argmax over frames) between the forward and detokenizing, and
+# mark "encoder" and "ctc_head" inside "model"
+CTC_STAGES = ("feature_extraction", "host_to_device", "model", "ctc_greedy_decode", "detokenize")
 
 
 def _stage(name: str) -> Any:
@@ -99,6 +102,32 @@ def _random_fill(model: Any, seed: int = 0) -> None:
                     b.zero_()
 
 
+# A random joint network would emit non-blank tokens at random, up to max_symbols_per_step (10)
+# per encoder frame: ten times the steps of real speech. Random transducers are made to emit blank
+# at every frame instead (TDT: blank with a duration of one frame), so greedy decoding takes
+# exactly one decoder step per encoder frame (12.5 per audio second at 8x subsampling). That is a
+# lower bound on real decoding: each step runs the joint network, but transformers skips the LSTM
+# prediction network on blank, which real speech runs once per emitted token (~3-4 per second).
+BLANK_LOGIT_BIAS = 30.0
+
+
+def _all_blank(model: Any) -> None:
+    """Bias a random transducer's joint output to blank (and, for TDT, a duration of 1)."""
+    import torch
+
+    config = model.config
+    # the prediction network starts from blank, as NeMo's ("blank as pad"); a config built from
+    # scratch names no start token
+    if model.generation_config.decoder_start_token_id is None:
+        model.generation_config.decoder_start_token_id = config.blank_token_id
+    with torch.no_grad():
+        bias = model.joint.head.bias
+        bias[config.blank_token_id] += BLANK_LOGIT_BIAS
+        durations = list(getattr(config, "durations", ()))
+        if durations:
+            bias[config.vocab_size + durations.index(1)] += BLANK_LOGIT_BIAS
+
+
 def _piece_vocab(size: int, blank: int) -> list[str]:
     """A stand-in subword vocabulary of `size` entries with the CTC blank ("<pad>") at `blank`.
 
@@ -161,13 +190,19 @@ class TransformersEngine(Engine):
         self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
         n_params = sum(p.numel() for p in self.model.parameters())  # before quantization packs the Linears
         if spec.options.longform != "sequential" and self.family != "whisper":
-            raise ModelError(f"'{spec.name}' is a CTC model: longform = '{spec.options.longform}' applies to Whisper "
-                             f"only (a CTC model reads the whole clip at once); remove longform")
+            raise ModelError(f"'{spec.name}' is a {self.family} model: longform = '{spec.options.longform}' applies to "
+                             f"Whisper only (this model reads the whole clip at once); remove longform")
         self._apply_options(spec.options, dtype)
         if self.family == "whisper" and not spec.options.compile:
             # (the marks open in a pre-hook and close in a post-hook, which torch.compile cannot trace)
             _mark_module(self.model.get_encoder(), "encoder")
             _mark_module(self.model.get_decoder(), "decoder")
+        elif self.family == "ctc" and not spec.options.compile:
+            # wav2vec2 family: base model + lm_head; Parakeet CTC: encoder + ctc_head
+            head = getattr(self.model, "lm_head", None) or getattr(self.model, "ctc_head", None)
+            if head is not None:
+                _mark_module(self.model.base_model, "encoder")
+                _mark_module(head, "ctc_head")
         self.fe, self.tok = fe, tok
         self.spec = spec
         self._info.update(
@@ -199,7 +234,7 @@ class TransformersEngine(Engine):
             variant=options.label(dtype), quant=options.quant, quant_library=quant_library,
             attn=options.attn, attn_implementation=attn, compile=options.compile, compile_mode=mode,
             cuda_graphs=options.cuda_graphs,
-            kv_cache=("n/a (CTC)" if self.family != "whisper" else "static" if options.compile else "dynamic"),
+            kv_cache=(f"n/a ({self.family})" if self.family != "whisper" else "static" if options.compile else "dynamic"),
         )
 
     def _record_compiles(self, before: tuple[int, int, float]) -> None:
@@ -252,6 +287,10 @@ class TransformersEngine(Engine):
             if family == "whisper":
                 model = tf.WhisperForConditionalGeneration.from_pretrained(str(path))
                 proc = tf.WhisperProcessor.from_pretrained(str(path))
+            elif family == "transducer":
+                model_type = tf.AutoConfig.from_pretrained(str(path)).model_type
+                model = getattr(tf, TRANSDUCER_CLASSES[model_type]).from_pretrained(str(path))
+                proc = tf.AutoProcessor.from_pretrained(str(path))
             else:
                 model = tf.AutoModelForCTC.from_pretrained(str(path))
                 proc = tf.AutoProcessor.from_pretrained(str(path))
@@ -270,14 +309,21 @@ class TransformersEngine(Engine):
         with torch.device("meta"):
             if spec.family == "whisper":
                 model = tf.WhisperForConditionalGeneration(config)
+            elif spec.family == "transducer":
+                model = getattr(tf, TRANSDUCER_CLASSES[model_type])(config)
             else:
                 model = tf.AutoModelForCTC.from_config(config)
         _random_fill(model)
+        if spec.family == "transducer":
+            _all_blank(model)
         if spec.family == "whisper":
             fe = tf.WhisperFeatureExtractor(feature_size=config.num_mel_bins)
             # tiny.en's tokenizer (bundled offline) detokenises; ids it lacks decode to nothing
             tok_dir = _bundled_sources(self.cache_dir)["openai/whisper-tiny.en"]()
             tok = tf.WhisperTokenizerFast.from_pretrained(str(tok_dir))
+        elif spec.family == "transducer":
+            fe = tf.ParakeetFeatureExtractor(feature_size=config.encoder_config.num_mel_bins, sampling_rate=SAMPLE_RATE)
+            tok = _ctc_tokenizer(tf, _piece_vocab(config.vocab_size, config.blank_token_id))
         elif model_type == "parakeet_ctc":
             # FastConformer takes 80-bin log-mel frames (input_features), not the raw waveform
             fe = tf.ParakeetFeatureExtractor(feature_size=config.encoder_config.num_mel_bins, sampling_rate=SAMPLE_RATE)
@@ -301,6 +347,8 @@ class TransformersEngine(Engine):
         with self.torch.inference_mode():
             if self.family == "ctc":
                 out = self._ctc(audios, sample_rate)
+            elif self.family == "transducer":
+                out = self._transducer(audios, sample_rate)
             elif self.weights == "random":
                 out = self._whisper_fixed_tokens(audios, sample_rate)
             elif self.spec.options.longform == "batched":
@@ -321,7 +369,9 @@ class TransformersEngine(Engine):
             inputs = {main: feats[main].to(self.device, self.dtype)}
             inputs.update({name: feats[name].to(self.device) for name in rest if name in feats})
         with _stage("model"):
-            ids = self.model(**inputs).logits.argmax(dim=-1)
+            logits = self.model(**inputs).logits
+        with _stage("ctc_greedy_decode"):
+            ids = logits.argmax(dim=-1)
         with _stage("detokenize"):
             texts = self.tok.batch_decode(ids)
             pad = self.tok.pad_token_id
@@ -331,6 +381,28 @@ class TransformersEngine(Engine):
         self._info["longform"] = "none needed (CTC over the whole clip)"
         self._info["tokens_policy"] = "n/a (CTC)"
         return Transcription(texts, [int(t) for t in tokens])
+
+    def _transducer(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
+        """RNN-T / TDT: the encoder once, then transformers' greedy transducer loop (one prediction
+        and joint step per emission; blank advances the frame, TDT by its predicted duration)."""
+        with _stage("feature_extraction"):
+            feats = self.fe(audios, sampling_rate=sample_rate, return_tensors="pt", padding="longest")
+        with _stage("host_to_device"):
+            inputs = {"input_features": feats.input_features.to(self.device, self.dtype)}
+            if "attention_mask" in feats:
+                inputs["attention_mask"] = feats.attention_mask.to(self.device)
+        with _stage("model"):
+            out = self.model.generate(**inputs)
+        with _stage("detokenize"):
+            config = self.model.config
+            drop = {config.blank_token_id, config.pad_token_id, self.model.generation_config.decoder_start_token_id}
+            kept = [[t for t in row.tolist() if t not in drop] for row in out.sequences]
+            texts = [self.tok.decode(ids, skip_special_tokens=True).strip() for ids in kept]
+        self._info["longform"] = "none needed (the whole clip in one encoder pass)"
+        self._info["tokens_policy"] = ("real (the model's own blanks and durations)" if self.weights == "real" else
+                                       "fixed: blank at every encoder frame, one decoder step per frame (random weights)")
+        self._info["decoder_steps"] = int(out.sequences.shape[1]) - 1  # the start token is not a step
+        return Transcription(texts, [len(ids) for ids in kept])
 
     def _whisper(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
         longest = max(len(a) for a in audios)
@@ -366,9 +438,9 @@ class TransformersEngine(Engine):
         return Transcription(texts, tokens)
 
     def _whisper_windows(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
-        """Batched long-form: every clip cut at pauses into <= 30 s windows (engines/windows.py), all
-        windows of the batch encoded and decoded as one generate() batch, without timestamps."""
-        from asrperf.engines.windows import describe, split_windows
+        """Batched long-form: every clip cut at pauses into <= 30 s windows (engines/windows.py), the
+        windows of the batch encoded and decoded WINDOW_BATCH at a time by generate(), without timestamps."""
+        from asrperf.engines.windows import WINDOW_BATCH, describe, split_windows
 
         per_clip = [split_windows(a, sample_rate) for a in audios]
         owners = [i for i, ws in enumerate(per_clip) for _ in ws]
@@ -378,19 +450,21 @@ class TransformersEngine(Engine):
         self._info["tokens_policy"] = "real (the model's own end-of-text)"
         if not owners:
             return Transcription(texts, tokens)
-        with _stage("feature_extraction"):
-            # the feature extractor pads each window with silence to 30 s, as for any short clip
-            feats = self.fe([a[w.start:w.end] for a, ws in zip(audios, per_clip) for w in ws],
-                            sampling_rate=sample_rate, return_tensors="pt")
-        with _stage("host_to_device"):
-            features = feats.input_features.to(self.device, self.dtype)
-        with _stage("model"):
-            sequences = self.model.generate(features, num_beams=1, do_sample=False, return_timestamps=False)
-        with _stage("detokenize"):
-            special = set(self.tok.all_special_ids)
-            for owner, row, text in zip(owners, sequences, self.tok.batch_decode(sequences, skip_special_tokens=True)):
-                texts[owner] = (texts[owner] + " " + text.strip()).strip()
-                tokens[owner] += sum(1 for t in row.tolist() if t not in special)
+        pieces = [a[w.start:w.end] for a, ws in zip(audios, per_clip) for w in ws]
+        special = set(self.tok.all_special_ids)
+        for lo in range(0, len(pieces), WINDOW_BATCH):  # bounded encoder memory for large batches
+            with _stage("feature_extraction"):
+                # the feature extractor pads each window with silence to 30 s, as for any short clip
+                feats = self.fe(pieces[lo:lo + WINDOW_BATCH], sampling_rate=sample_rate, return_tensors="pt")
+            with _stage("host_to_device"):
+                features = feats.input_features.to(self.device, self.dtype)
+            with _stage("model"):
+                sequences = self.model.generate(features, num_beams=1, do_sample=False, return_timestamps=False)
+            with _stage("detokenize"):
+                decoded = self.tok.batch_decode(sequences, skip_special_tokens=True)
+                for owner, row, text in zip(owners[lo:lo + WINDOW_BATCH], sequences, decoded):
+                    texts[owner] = (texts[owner] + " " + text.strip()).strip()
+                    tokens[owner] += sum(1 for t in row.tolist() if t not in special)
         return Transcription(texts, tokens)
 
     def _whisper_fixed_tokens(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
@@ -444,7 +518,7 @@ class TransformersEngine(Engine):
             self.torch.cuda.synchronize(self.device)
 
     def stages(self) -> tuple[str, ...]:
-        return STAGES
+        return CTC_STAGES if self.family == "ctc" else STAGES
 
     def loaded_weights(self) -> LoadedWeights:
         return LoadedWeights(module=self.model)

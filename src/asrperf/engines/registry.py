@@ -14,9 +14,10 @@ ENGINES: dict[str, str] = {
     "ort": "asrperf.engines.ort:OnnxRuntimeEngine",
     "nemo": "asrperf.engines.nemo:NemoEngine",
 }
-# model families each engine runs ("whisper": encoder-decoder, "ctc"); checked before any load
+# model families each engine runs ("whisper": encoder-decoder, "ctc", "transducer": RNN-T/TDT);
+# checked before any load
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "transformers": ("whisper", "ctc"),
+    "transformers": ("whisper", "ctc", "transducer"),
     "ct2": ("whisper",),
     "ort": ("whisper", "ctc"),
     "nemo": ("nemo",),  # a .nemo checkpoint (CTC, RNNT, TDT or hybrid inside)

@@ -27,6 +27,9 @@ SEARCH_S = 10.0  # look for the cut in the last 10 s before the 30 s limit: wind
 # quietest point of the search span.
 QUIET_DB = 30.0
 EDGE_S = 0.1  # audio kept on either side of the speech when quiet ends are dropped
+# Windows encoded (and, on one device, decoded) together at most: 8 is faster-whisper's default
+# batch; it bounds the encoder's attention memory (8 x heads x 1500^2 floats: 0.4 GB for tiny)
+WINDOW_BATCH = 8
 
 
 @dataclass(frozen=True)

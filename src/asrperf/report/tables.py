@@ -13,7 +13,7 @@ from typing import Any
 from asrperf.report.gate import gate, is_baseline
 
 MISSING = "—"
-_TOKEN_POLICY_SHORT = {"real (the model's own end-of-text)": "real"}
+_TOKEN_POLICY_SHORT = {"real (the model's own end-of-text)": "real", "real (the model's own blanks and durations)": "real"}
 
 
 @dataclass
@@ -135,7 +135,9 @@ def _max_throughput(r: dict[str, Any] | None) -> str:
         return text
     if r.get("max_throughput_samples_per_s") is None:
         return f"{MISSING} (no batch succeeded: {r.get('max_throughput_stop_reason')})"
-    return (f"{r['max_throughput_samples_per_s']:.2f} at b{r['max_throughput_batch_size']} "
+    latency = r.get("max_throughput_latency_s_p50")
+    at = f", p50 {1000 * latency:,.0f} ms per batch" if latency is not None else ""
+    return (f"{r['max_throughput_samples_per_s']:.2f} at b{r['max_throughput_batch_size']}{at} "
             f"(stop: {r['max_throughput_stop_reason']})")
 
 
@@ -191,6 +193,15 @@ def _device_table(device: str, all_rows: list[dict[str, Any]]) -> Table:
                        [_energy(cell.get((c, longest, b)), "energy_j_per_sample") for c in columns]))
     t.rows.append((f"energy J/audio-s, b{b1}, {longest:g} s",
                    [_energy(cell.get((c, longest, b1)), "energy_j_per_audio_s") for c in columns]))
+    if any(r.get("idle_power_w") is not None for r in ok):  # real counters: idle measured before the window
+        t.rows.append((f"idle power W (before the window), b{b1}, {longest:g} s",
+                       [_or_reason(cell.get((c, longest, b1)), "idle_power_w", ("energy_missing_reason",), ".1f")
+                        for c in columns]))
+        for b in batches:
+            t.rows.append((f"energy net of idle J/sample, b{b}, {longest:g} s",
+                           [_energy(cell.get((c, longest, b)), "energy_net_j_per_sample") for c in columns]))
+        t.rows.append((f"energy net of idle J/audio-s, b{b1}, {longest:g} s",
+                       [_energy(cell.get((c, longest, b1)), "energy_net_j_per_audio_s") for c in columns]))
     t.rows.append((f"first call ms (cold), b{b1}, {longest:g} s",
                    [_num(cell.get((c, longest, b1)), "first_call_s", ",.1f", 1000) for c in columns]))
     if any(r.get("flops_per_call") for r in ok):
