@@ -87,6 +87,17 @@ def test_planted_slowdown_is_a_regression_and_fails_the_cli(tmp_path, monkeypatc
     assert code == 0
 
 
+def test_csv_export_names_the_cell_on_every_row(tmp_path, monkeypatch, capsys):
+    import csv
+
+    pa, pb = _pair(tmp_path, 1.2)
+    code, _ = _cli(monkeypatch, capsys, pa, pb, "-f", "csv", "-o", str(tmp_path / "cmp.csv"), "--no-fail-on-regression")
+    assert code == 0
+    table = list(csv.DictReader((tmp_path / "cmp.csv").open()))
+    assert {r["metric"] for r in table} >= {"latency p50", "WER"} and len({r["cell"] for r in table}) == 1
+    assert next(r for r in table if r["metric"] == "latency p50")["verdict"] == "regression"
+
+
 def test_latency_change_and_ci_are_ratios_of_the_raw_samples(tmp_path):
     pa, pb = _pair(tmp_path, 1.2)
     lat = compare(str(pa), str(pb), tmp_path / "none.sqlite").cells[0].metrics[0]

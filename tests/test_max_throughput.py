@@ -71,6 +71,20 @@ def test_plateau_with_a_drop_keeps_the_earlier_best():
     assert r.stop_reason == "plateau" and r.best.batch_size == 4
 
 
+@pytest.mark.parametrize("curve, calls, best", [
+    # a noisy flat probe at 2 (+2.5%), then real gains: patience 2 carries on and finds batch 8
+    ({1: 0.79, 2: 0.81, 4: 1.10, 8: 1.30, 16: 1.31, 32: 1.20}, [1, 2, 4, 8, 16, 32], 16),
+    # two flat probes in a row end it: 4 and 8 both < 1.05 x 2.0
+    ({1: 1.0, 2: 2.0, 4: 2.05, 8: 2.08, 16: 9.0}, [1, 2, 4, 8], 8),
+    # a flat probe, a gain, a flat probe: the count starts again after the gain
+    ({1: 1.0, 2: 1.02, 4: 2.0, 8: 2.02, 16: 3.0, 32: 3.05, 64: 3.06}, [1, 2, 4, 8, 16, 32, 64], 64),
+])
+def test_plateau_patience_needs_that_many_flat_probes_in_a_row(curve, calls, best):
+    m = fake_measure(curve)
+    r = search(m, SearchPolicy(plateau_patience=2, refine=False, max_batch=64))
+    assert m.calls == calls and r.stop_reason == "plateau" and r.best.batch_size == best
+
+
 def test_plateau_gain_zero_continues_while_strictly_not_worse():
     m = fake_measure({1: 2.0, 2: 2.0, 4: 1.9})
     r = search(m, SearchPolicy(plateau_gain=0.0, refine=False))
@@ -225,7 +239,7 @@ def test_to_row_fields_and_units():
 
 
 @pytest.mark.parametrize("kw", [{"start_batch": 0}, {"growth": 1.0}, {"max_batch": 0},
-                                {"plateau_gain": -0.1}, {"memory_budget_bytes": 0}])
+                                {"plateau_gain": -0.1}, {"plateau_patience": 0}, {"memory_budget_bytes": 0}])
 def test_policy_rejects_impossible_values(kw):
     with pytest.raises(ConfigError):
         SearchPolicy(**kw)

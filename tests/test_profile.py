@@ -73,6 +73,7 @@ def test_whisper_profile(cache_dir, clips, tmp_path):
     # encoder and decoder steps are marked inside "model" by forward hooks
     assert 0 < row["stages"]["encoder"] < row["stages"]["model"]
     assert 0 < row["stages"]["decoder"] < row["stages"]["model"]
+    assert 0 < row["stages"]["decoder_first_step"] < row["stages"]["model"]
     _check_common(engine, clips, row)
 
 

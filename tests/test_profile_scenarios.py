@@ -152,7 +152,9 @@ def test_profile_row(store):
             assert json.load(f)["traceEvents"]
     whisper = rows[("whisper-tiny.en", "profile")]
     nested = {s["stage"]: s for s in whisper["stages"] if s["nested"]}
-    assert set(nested) == {"encoder", "decoder"}
+    assert set(nested) == {"encoder", "decoder_first_step", "decoder"}
+    # one first step per encoder pass, then a cheaper step per token (prompt and cross K/V done)
+    assert 0 < nested["decoder_first_step"]["ms"] < nested["encoder"]["ms"]
 
 
 def test_roofline_on_profile_rows(store):

@@ -240,21 +240,22 @@ def compare(
     threshold: float = typer.Option(0.05, help="Smallest change that counts (0.05 = 5%; relative to A for WER)."),
     fail_on_regression: bool = typer.Option(True, "--fail-on-regression/--no-fail-on-regression",
                                             help="Exit 4 when a regression beyond the threshold is found."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table | markdown | json."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File for markdown/json."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | markdown | csv | json."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File for markdown/csv/json."),
 ) -> None:
     """Compare run B against run A cell by cell: changes with 95% CIs and a verdict per metric."""
     from asrperf.report.compare import compare as compare_runs
-    from asrperf.report.compare import render_rich, to_json, to_markdown
+    from asrperf.report.compare import render_rich, to_csv, to_json, to_markdown
 
-    if fmt not in ("table", "markdown", "json"):
-        raise ConfigError(f"--format: '{fmt}' is not one of table, markdown, json")
+    writers = {"markdown": to_markdown, "csv": to_csv, "json": to_json}
+    if fmt != "table" and fmt not in writers:
+        raise ConfigError(f"--format: '{fmt}' is not one of table, markdown, csv, json")
     with console.status("comparing (bootstrap CIs, WER re-scored)"):
         result = compare_runs(a, b, store, threshold)
     if fmt == "table":
         out.print(render_rich(result))
     else:
-        text = to_markdown(result) if fmt == "markdown" else to_json(result)
+        text = writers[fmt](result)
         if output:
             output.write_text(text)
             console.print(f"wrote the comparison to {output}")

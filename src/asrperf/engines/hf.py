@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ RANDOM_INIT_STD = 0.02  # the std of transformers' own initialisers for these mo
 CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # The stages marked inside every call, as torch.profiler record_function ranges "asrperf::<stage>".
-# Outside a profiler a mark costs ~1 us. Whisper also marks "encoder" and "decoder" (each decoder
+# Outside a profiler a mark costs ~1 us. Whisper also marks "encoder", "decoder_first_step" (the
+# prompt and cross-attention keys/values after each encoder pass) and "decoder" (every later
 # step) inside "model", through forward hooks (_mark_module).
 STAGES = ("feature_extraction", "host_to_device", "model", "detokenize")
 # CTC models add the greedy decode (argmax over frames) between the forward and detokenizing, and
@@ -46,12 +48,13 @@ def _stage(name: str) -> Any:
     return torch.profiler.record_function(f"asrperf::{name}")
 
 
-def _mark_module(module: Any, name: str) -> None:
-    """Mark every forward of `module` as the range "asrperf::<name>" (forward pre/post hooks)."""
+def _mark_module(module: Any, name: str | Callable[[], str]) -> None:
+    """Mark every forward of `module` as the range "asrperf::<name>" (forward pre/post hooks);
+    a callable `name` is asked at each forward."""
     open_marks: list[Any] = []
 
     def enter(*_: Any) -> None:
-        mark = _stage(name)
+        mark = _stage(name() if callable(name) else name)
         mark.__enter__()
         open_marks.append(mark)
 
@@ -142,6 +145,16 @@ def _piece_vocab(size: int, blank: int) -> list[str]:
     return [*pieces[:blank], "<pad>", *pieces[blank:]]
 
 
+def _piece_tokenizer(tf: Any, vocab: list[str]) -> Any:
+    """A fast word-level tokenizer over `vocab`, decoding ids to pieces (no CTC collapse): the
+    detokenizer of a random transducer, whose loop emits each token once. (Wav2Vec2CTCTokenizer
+    takes ~50 s to build over 8,193 multi-letter pieces.)"""
+    from tokenizers import Tokenizer, models
+
+    backend = Tokenizer(models.WordLevel({piece: i for i, piece in enumerate(vocab)}, unk_token="<unk>"))
+    return tf.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
+
+
 def _ctc_tokenizer(tf: Any, vocab: list[str]) -> Any:
     """A CTC tokenizer over `vocab`: batch_decode collapses repeats and drops blanks, as CTC needs."""
     vocab_dir = Path(tempfile.mkdtemp(prefix="asrperf-ctc-vocab-"))
@@ -195,8 +208,20 @@ class TransformersEngine(Engine):
         self._apply_options(spec.options, dtype)
         if self.family == "whisper" and not spec.options.compile:
             # (the marks open in a pre-hook and close in a post-hook, which torch.compile cannot trace)
-            _mark_module(self.model.get_encoder(), "encoder")
-            _mark_module(self.model.get_decoder(), "decoder")
+            # the first decoder step after each encoder pass runs the whole prompt and computes the
+            # cross-attention keys/values of 1500 frames: its own stage, apart from per-token steps
+            after_encoder = [False]
+
+            def encoder_mark() -> str:
+                after_encoder[0] = True
+                return "encoder"
+
+            def decoder_mark() -> str:
+                first, after_encoder[0] = after_encoder[0], False
+                return "decoder_first_step" if first else "decoder"
+
+            _mark_module(self.model.get_encoder(), encoder_mark)
+            _mark_module(self.model.get_decoder(), decoder_mark)
         elif self.family == "ctc" and not spec.options.compile:
             # wav2vec2 family: base model + lm_head; Parakeet CTC: encoder + ctc_head
             head = getattr(self.model, "lm_head", None) or getattr(self.model, "ctc_head", None)
@@ -323,7 +348,7 @@ class TransformersEngine(Engine):
             tok = tf.WhisperTokenizerFast.from_pretrained(str(tok_dir))
         elif spec.family == "transducer":
             fe = tf.ParakeetFeatureExtractor(feature_size=config.encoder_config.num_mel_bins, sampling_rate=SAMPLE_RATE)
-            tok = _ctc_tokenizer(tf, _piece_vocab(config.vocab_size, config.blank_token_id))
+            tok = _piece_tokenizer(tf, _piece_vocab(config.vocab_size, config.blank_token_id))
         elif model_type == "parakeet_ctc":
             # FastConformer takes 80-bin log-mel frames (input_features), not the raw waveform
             fe = tf.ParakeetFeatureExtractor(feature_size=config.encoder_config.num_mel_bins, sampling_rate=SAMPLE_RATE)

@@ -419,5 +419,20 @@ def to_markdown(cmp: Comparison) -> str:
     return "\n".join(lines + [""] + [f"- {line}" for line in _text_lines(cmp)]) + "\n"
 
 
+def to_csv(cmp: Comparison) -> str:
+    """The comparison table as CSV, one row per cell and metric (the cell named on every row)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(HEADER)
+    cell = ""
+    for r in rows(cmp):
+        cell = r[0] or cell
+        writer.writerow([cell, *r[1:]])
+    return buf.getvalue()
+
+
 def to_json(cmp: Comparison) -> str:
     return json.dumps(cmp.to_dict(), indent=1)

@@ -121,8 +121,9 @@ def _stage_table(where: str, rows: list[dict[str, Any]]) -> Table:
         t.rows.append((f"  {stage} (inside model)" if nested else stage, values))
     if any(r.get("stages") for r in rows):
         t.notes.append("host time inside each `asrperf::<stage>` mark (torch.profiler record_function), mean over "
-                       "the profiled calls; indented stages run inside 'model' (encoder forward; decoder = every "
-                       "decoder step's forward, LM head excluded), so only the others add up to a call")
+                       "the profiled calls; indented stages run inside 'model' (encoder forward; decoder_first_step = "
+                       "the first decoder step after each encoder pass: prompt and cross-attention keys/values; "
+                       "decoder = every later step; LM head excluded), so only the others add up to a call")
     _failures(t, rows)
     return t
 

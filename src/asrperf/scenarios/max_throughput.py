@@ -12,10 +12,12 @@ Growth. Probe batch sizes start, next(start), next(next(start)), ... where
 next(b) = max(b + 1, round(b * growth)), capped at max_batch (max_batch itself is always
 probed when growth reaches past it). Growth stops at the first of:
 
-- **plateau**: an ok probe at batch b with throughput t, and B = the best throughput of the ok
-  probes before it, with t < B * (1 + plateau_gain). (So with plateau_gain = 0.05 and
-  {1: 2.0, 2: 3.8, 4: 7.0, 8: 7.2}, batch 8 gives 7.2 < 7.0 * 1.05 = 7.35: stop at 8. The
-  plateau probe still counts: best = 8, because best is simply the highest samples/s.)
+- **plateau**: `plateau_patience` ok probes in a row that each fall short of the best
+  throughput of the ok probes before it by the gain: t < B * (1 + plateau_gain). (So with
+  plateau_gain = 0.05, patience 1 and {1: 2.0, 2: 3.8, 4: 7.0, 8: 7.2}, batch 8 gives
+  7.2 < 7.0 * 1.05 = 7.35: stop at 8. The plateau probe still counts: best = 8, because best is
+  simply the highest samples/s. With patience 2 the search goes on to 16 and stops there if 16
+  falls short too; one noisy probe on a shared machine no longer ends the search.)
 - **max_batch**: an ok probe at max_batch that is not a plateau.
 - **oom**: a probe with status "oom" (returned by `measure`, or `measure` raised an exception
   for which `is_oom` is True). It is recorded; the best ok probe is still returned.
@@ -69,7 +71,8 @@ class SearchPolicy:
     start_batch: int = 1
     growth: float = 2.0
     max_batch: int = 256
-    plateau_gain: float = 0.05  # stop when a batch is < +5% samples/s over the best so far
+    plateau_gain: float = 0.05  # a batch is a plateau probe when it is < +5% samples/s over the best so far
+    plateau_patience: int = 1  # plateau probes in a row that stop the growth
     memory_budget_bytes: int | None = None
     refine: bool = True
 
@@ -82,6 +85,8 @@ class SearchPolicy:
             raise ConfigError(
                 f"max-throughput max_batch={self.max_batch}: must be >= start_batch={self.start_batch}"
             )
+        if self.plateau_patience < 1:
+            raise ConfigError(f"max-throughput plateau_patience={self.plateau_patience}: must be >= 1 (e.g. 2)")
         if self.plateau_gain < 0:
             raise ConfigError(f"max-throughput plateau_gain={self.plateau_gain}: must be >= 0 (e.g. 0.05)")
         if self.memory_budget_bytes is not None and self.memory_budget_bytes <= 0:
@@ -208,6 +213,7 @@ def search(measure: Callable[[int], Probe], policy: SearchPolicy) -> SearchResul
         return p
 
     b = policy.start_batch
+    flat = 0  # plateau probes in a row
     while True:
         prior = _best(probes)
         p = attempt(b)
@@ -220,7 +226,8 @@ def search(measure: Callable[[int], Probe], policy: SearchPolicy) -> SearchResul
         if p.status == "failed":
             stop = "failed"
             break
-        if prior is not None and p.samples_per_s < prior.samples_per_s * (1 + policy.plateau_gain):
+        flat = flat + 1 if prior is not None and p.samples_per_s < prior.samples_per_s * (1 + policy.plateau_gain) else 0
+        if flat >= policy.plateau_patience:
             stop = "plateau"
             break
         if b >= policy.max_batch:
