@@ -51,21 +51,22 @@ def test_random_conformer_transcribes_2_s(cache_dir, name):
     assert engine.tok.pad_token_id == engine.model.config.pad_token_id
 
 
-def test_parakeet_runs_the_full_measurement_path(tmp_path, cache_dir, tiny_source):
+@pytest.mark.parametrize("name, policy", [("parakeet-ctc-0.6b", "n/a (CTC)"),
+                                          ("parakeet-tdt-0.6b-v3", "fixed: blank at every encoder frame")])
+def test_parakeet_runs_the_full_measurement_path(tmp_path, cache_dir, tiny_source, name, policy):
     cfg = config_from_dict({
         "source": tiny_source,
-        "models": [{"name": "parakeet-ctc-0.6b", "weights": "random"}],
+        "models": [{"name": name, "weights": "random"}],
         "timing": {"warmup_calls": 0, "min_calls": 1, "min_time_s": 0.0},
         "run": {"clip_lengths_s": [3], "n_clips": 1, "store": str(tmp_path / "r.sqlite"), "cache_dir": str(cache_dir)},
     })
     summary = run(cfg)
     assert summary.ran == 1 and summary.failed == 0
     with Store(cfg.store) as s:
-        rows = s.rows()
-    assert len(rows) == 1
-    row = rows[0]
+        (row,) = s.rows()
     assert row["status"] == "ok", row.get("error")
-    assert row["weights"] == "random" and row["wer"] is None
+    assert row["weights"] == "random" and row["wer"] is None and row["latency_s_p50"] > 0
+    assert row["tokens_policy"].startswith(policy)
 
 
 # -- transducers (RNN-T, TDT) ------------------------------------------------------------------------
@@ -101,18 +102,3 @@ def test_random_rnnt_takes_one_decoder_step_per_encoder_frame(cache_dir):
     assert engine.info()["decoder_steps"] == frames
     assert 0.95 * 12.5 * 2 <= frames <= 1.05 * 12.5 * 2 + 1  # 8x subsampling of 10 ms frames, 2 s
     assert engine.info()["tokens_policy"].startswith("fixed: blank at every encoder frame")
-
-
-def test_tdt_runs_the_full_measurement_path(tmp_path, cache_dir, tiny_source):
-    cfg = config_from_dict({
-        "source": tiny_source,
-        "models": [{"name": "parakeet-tdt-0.6b-v3", "weights": "random"}],
-        "timing": {"warmup_calls": 0, "min_calls": 1, "min_time_s": 0.0},
-        "run": {"clip_lengths_s": [3], "n_clips": 1, "store": str(tmp_path / "r.sqlite"), "cache_dir": str(cache_dir)},
-    })
-    assert run(cfg).failed == 0
-    with Store(cfg.store) as s:
-        (row,) = s.rows()
-    assert row["status"] == "ok", row.get("error")
-    assert row["weights"] == "random" and row["wer"] is None and row["latency_s_p50"] > 0
-    assert row["tokens_policy"].startswith("fixed: blank at every encoder frame")
