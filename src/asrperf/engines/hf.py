@@ -5,10 +5,6 @@ torch and transformers are imported inside methods: importing this module costs 
 
 from __future__ import annotations
 
-import itertools
-import json
-import math
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +15,7 @@ from asrperf.config import VariantOptions
 from asrperf.data.audio import SAMPLE_RATE
 from asrperf.engines.base import GREEDY_DECODING, Engine, LoadedWeights, ModelSpec, Transcription
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE, TRANSDUCER_CLASSES
+from asrperf.engines.hf_random import CTC_VOCAB, all_blank, ctc_tokenizer, piece_tokenizer, piece_vocab, random_fill
 from asrperf.errors import ConfigError, ModelError, require
 
 WINDOW_S = 30  # Whisper's fixed input window, seconds
@@ -28,9 +25,6 @@ WINDOW_SAMPLES = WINDOW_S * SAMPLE_RATE  # 480,000
 # word: ~3.3 tokens/s. We use 3.0 tokens per second of audio, i.e. 90 per full 30 s window; the
 # real-weight rows record the real count so the figure can be checked (benchmarks/README.md).
 RANDOM_TOKENS_PER_AUDIO_S = 3.0
-RANDOM_INIT_STD = 0.02  # the std of transformers' own initialisers for these models
-# The published wav2vec2-base-960h / large-960h / HuBERT-large-ft character vocabulary.
-CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # The stages marked inside every call, as torch.profiler record_function ranges "asrperf::<stage>".
 # Outside a profiler a mark costs ~1 us. Whisper also marks "encoder", "decoder_first_step" (the
@@ -71,95 +65,6 @@ def _bundled_sources(cache_dir: Path) -> dict[str, Any]:
     from asrperf.engines.ct2_import import ensure_tiny_en_hf
 
     return {"openai/whisper-tiny.en": lambda: ensure_tiny_en_hf(cache_dir)}
-
-
-def _random_fill(model: Any, seed: int = 0) -> None:
-    """Materialise a meta-device model with random weights, ~10x faster than the initialisers.
-
-    Values come from one seeded normal block (std 0.02) tiled over every tensor; norm layers get
-    weight 1 / bias 0 so activations stay finite. The numbers are meaningless, the cost is real.
-    """
-    import torch
-
-    model.to_empty(device="cpu")
-    # to_empty gives every parameter its own storage: re-tie what the checkpoint ties (Whisper's LM
-    # head is its token embedding), or a random model holds up to 152 MiB more than the real one
-    model.tie_weights()
-    gen = torch.Generator().manual_seed(seed)
-    block = torch.randn(1 << 20, generator=gen) * RANDOM_INIT_STD
-    with torch.no_grad():
-        for module in model.modules():
-            # conformer convolution modules use BatchNorm: unit running variance, as at init
-            norm = isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm))
-            for pname, p in module.named_parameters(recurse=False):
-                if norm:
-                    p.fill_(1.0 if pname == "weight" else 0.0)
-                    continue
-                flat = p.view(-1)
-                reps = math.ceil(flat.numel() / block.numel())
-                flat.copy_(block.repeat(reps)[: flat.numel()].to(p.dtype))
-            for bname, b in module.named_buffers(recurse=False):
-                if bname == "running_var":
-                    b.fill_(1.0)
-                else:
-                    b.zero_()
-
-
-# A random joint network would emit non-blank tokens at random, up to max_symbols_per_step (10)
-# per encoder frame: ten times the steps of real speech. Random transducers are made to emit blank
-# at every frame instead (TDT: blank with a duration of one frame), so greedy decoding takes
-# exactly one decoder step per encoder frame (12.5 per audio second at 8x subsampling). That is a
-# lower bound on real decoding: each step runs the joint network, but transformers skips the LSTM
-# prediction network on blank, which real speech runs once per emitted token (~3-4 per second).
-BLANK_LOGIT_BIAS = 30.0
-
-
-def _all_blank(model: Any) -> None:
-    """Bias a random transducer's joint output to blank (and, for TDT, a duration of 1)."""
-    import torch
-
-    config = model.config
-    # the prediction network starts from blank, as NeMo's ("blank as pad"); a config built from
-    # scratch names no start token
-    if model.generation_config.decoder_start_token_id is None:
-        model.generation_config.decoder_start_token_id = config.blank_token_id
-    with torch.no_grad():
-        bias = model.joint.head.bias
-        bias[config.blank_token_id] += BLANK_LOGIT_BIAS
-        durations = list(getattr(config, "durations", ()))
-        if durations:
-            bias[config.vocab_size + durations.index(1)] += BLANK_LOGIT_BIAS
-
-
-def _piece_vocab(size: int, blank: int) -> list[str]:
-    """A stand-in subword vocabulary of `size` entries with the CTC blank ("<pad>") at `blank`.
-
-    Random weights have no real tokenizer; what matters is that ids decode to text inside the
-    timed call at the real vocabulary size. Pieces are two- and three-letter strings, about the
-    length of SentencePiece pieces; "|" is the word delimiter, as in the character vocabulary.
-    """
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    pairs = (a + b for a in letters for b in letters)
-    triples = (a + b + c for a in letters for b in letters for c in letters)
-    pieces = list(itertools.islice(itertools.chain(["<unk>", "|"], pairs, triples), size - 1))
-    return [*pieces[:blank], "<pad>", *pieces[blank:]]
-
-
-def _piece_tokenizer(tf: Any, vocab: list[str]) -> Any:
-    """A fast word-level tokenizer over `vocab`, decoding ids to pieces (no CTC collapse): the
-    detokenizer of a random transducer, whose loop emits each token once. (Wav2Vec2CTCTokenizer
-    takes ~50 s to build over 8,193 multi-letter pieces.)"""
-    from tokenizers import Tokenizer, models
-
-    backend = Tokenizer(models.WordLevel({piece: i for i, piece in enumerate(vocab)}, unk_token="<unk>"))
-    return tf.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
-
-
-def _ctc_tokenizer(tf: Any, vocab: list[str]) -> Any:
-    """A CTC tokenizer over `vocab`: batch_decode collapses repeats and drops blanks, as CTC needs."""
-    vocab_dir = Path(tempfile.mkdtemp(prefix="asrperf-ctc-vocab-"))
-    (vocab_dir / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(vocab)}))
-    return tf.Wav2Vec2CTCTokenizer(str(vocab_dir / "vocab.json"))
 
 
 class TransformersEngine(Engine):
@@ -338,9 +243,9 @@ class TransformersEngine(Engine):
                 model = getattr(tf, TRANSDUCER_CLASSES[model_type])(config)
             else:
                 model = tf.AutoModelForCTC.from_config(config)
-        _random_fill(model)
+        random_fill(model)
         if spec.family == "transducer":
-            _all_blank(model)
+            all_blank(model)
         if spec.family == "whisper":
             fe = tf.WhisperFeatureExtractor(feature_size=config.num_mel_bins)
             # tiny.en's tokenizer (bundled offline) detokenises; ids it lacks decode to nothing
@@ -348,18 +253,18 @@ class TransformersEngine(Engine):
             tok = tf.WhisperTokenizerFast.from_pretrained(str(tok_dir))
         elif spec.family == "transducer":
             fe = tf.ParakeetFeatureExtractor(feature_size=config.encoder_config.num_mel_bins, sampling_rate=SAMPLE_RATE)
-            tok = _piece_tokenizer(tf, _piece_vocab(config.vocab_size, config.blank_token_id))
+            tok = piece_tokenizer(tf, piece_vocab(config.vocab_size, config.blank_token_id))
         elif model_type == "parakeet_ctc":
             # FastConformer takes 80-bin log-mel frames (input_features), not the raw waveform
             fe = tf.ParakeetFeatureExtractor(feature_size=config.encoder_config.num_mel_bins, sampling_rate=SAMPLE_RATE)
-            tok = _ctc_tokenizer(tf, _piece_vocab(config.vocab_size, config.pad_token_id))
+            tok = ctc_tokenizer(tf, piece_vocab(config.vocab_size, config.pad_token_id))
         else:
             # only layer-norm ("large") feature encoders are trained with an attention mask
             fe = tf.Wav2Vec2FeatureExtractor(
                 feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True,
                 return_attention_mask=arch.get("feat_extract_norm") == "layer",
             )
-            tok = _ctc_tokenizer(tf, CTC_VOCAB)
+            tok = ctc_tokenizer(tf, CTC_VOCAB)
         return model, fe, tok
 
     # -- the timed call ----------------------------------------------------------------------
