@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -38,18 +37,12 @@ def _peer_fn(name: str, cache_dir: str, threads: int):
     from pathlib import Path
 
     if name.startswith("{"):  # asrperf's winner, as a [[models]] entry: its engine call, nothing around it
-        import dataclasses
-        import os
-
         from asrperf.config import ModelConfig
         from asrperf.engines.catalog import resolve
         from asrperf.engines.registry import create
+        from asrperf.run.worker import set_threads
 
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # what an asrperf cell sets: engines size their pools by it
-        if importlib.util.find_spec("torch") is not None:
-            import torch
-
-            torch.set_num_threads(threads)
+        set_threads(threads)  # as an asrperf cell does: engines size their pools by OMP_NUM_THREADS
         model = ModelConfig(**json.loads(name))
         engine = create(model.engine, cache_dir)
         engine.load(dataclasses.replace(resolve(model.name), options=model.options), model.weights, model.dtype, "cpu")
@@ -123,13 +116,11 @@ def main() -> None:
         return _paired(a, key, "faster-whisper batched int8", ModelConfig(**json.loads(a.paired_only)))
     rows = []
     for name in PEERS:
-        out = subprocess.run([sys.executable, __file__, "--peer", name, "--cache-dir", a.cache_dir, "--clip-key", key,
-                              "--clips", str(a.clips), "--calls", str(a.calls), "--threads", str(a.threads)],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"{name}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        try:
+            r = _run_peer(a, key, name)
+        except subprocess.CalledProcessError as exc:
+            print(f"{name}: failed: {exc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
             continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         wer = error_rates(r["refs"], r["hyps"]).wer
         rows.append((name, statistics.median(r["times"]), max(r["times"]), wer))
         print(f"{name}: p50 {1000 * rows[-1][1]:,.0f} ms, WER {100 * wer:.2f}%", file=sys.stderr, flush=True)
@@ -138,7 +129,7 @@ def main() -> None:
     res = optimize("whisper-tiny.en", cfg, clip_length_s=60, wer_budget=0.01, compile=not a.no_compile,
                    on_cell=lambda c, s, i, n: print(f"asrperf cell {i + 1}/{n}: {s}", file=sys.stderr, flush=True))
     best_peer = min(rows, key=lambda r: r[1])
-    print(f"\n| configuration | p50 ms | max ms | RTFx | WER % | p50 / best peer |\n|---|---|---|---|---|---|")
+    print("\n| configuration | p50 ms | max ms | RTFx | WER % | p50 / best peer |\n|---|---|---|---|---|---|")
     for name, p50, worst, wer in rows:
         print(f"| peer: {name} | {1000 * p50:,.0f} | {1000 * worst:,.0f} | {60 / p50:.1f} | {100 * wer:.2f} "
               f"| {p50 / best_peer[1]:.2f} |")
@@ -158,24 +149,24 @@ def main() -> None:
         _paired(a, key, best_peer[0], res.winner.model)
 
 
-def _time_in_fresh_process(a: argparse.Namespace, key: str, name: str) -> tuple[float, float]:
+def _run_peer(a: argparse.Namespace, key: str, name: str) -> dict:
+    """`peer_main` in a fresh process: its per-call times, hypotheses and references."""
     out = subprocess.run([sys.executable, __file__, "--peer", name, "--cache-dir", a.cache_dir, "--clip-key", key,
                           "--clips", str(a.clips), "--calls", str(a.calls), "--threads", str(a.threads)],
                          capture_output=True, text=True, check=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    return statistics.median(r["times"]), error_rates(r["refs"], r["hyps"]).wer
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _paired(a: argparse.Namespace, key: str, peer: str, winner) -> None:
     """The two finalists again, alternating in fresh processes under one identical loop, so slow
     spells of a shared machine hit both: the ratio per round is the figure that holds."""
-    spec = json.dumps({k: v for k, v in dataclasses.asdict(dataclasses.replace(winner, label="")).items()})
+    spec = json.dumps(dataclasses.asdict(dataclasses.replace(winner, label="")))
     print(f"\npaired rounds, fresh process each, {a.calls} calls: winner {winner.engine} {winner.variant} vs {peer}")
     print("| round | asrperf winner p50 ms | peer p50 ms | ratio |\n|---|---|---|---|")
     ratios = []
     for i in range(a.rounds):
-        mine, _ = _time_in_fresh_process(a, key, spec)
-        theirs, _ = _time_in_fresh_process(a, key, peer)
+        mine = statistics.median(_run_peer(a, key, spec)["times"])
+        theirs = statistics.median(_run_peer(a, key, peer)["times"])
         ratios.append(mine / theirs)
         print(f"| {i + 1} | {1000 * mine:,.0f} | {1000 * theirs:,.0f} | {ratios[-1]:.2f} |", flush=True)
     print(f"median ratio over {a.rounds} rounds: {statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f})")

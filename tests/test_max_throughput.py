@@ -39,7 +39,8 @@ def fake_measure(curve, peaks=None, raise_at=None):
     return measure
 
 
-NO_REFINE = SearchPolicy(refine=False)
+# the literal curves below pin the single-probe rules: patience 1 (the default, 2, has its own test)
+NO_REFINE = SearchPolicy(plateau_patience=1, refine=False)
 
 
 # --- plateau ------------------------------------------------------------------------------------
@@ -87,7 +88,7 @@ def test_plateau_patience_needs_that_many_flat_probes_in_a_row(curve, calls, bes
 
 def test_plateau_gain_zero_continues_while_strictly_not_worse():
     m = fake_measure({1: 2.0, 2: 2.0, 4: 1.9})
-    r = search(m, SearchPolicy(plateau_gain=0.0, refine=False))
+    r = search(m, SearchPolicy(plateau_patience=1, plateau_gain=0.0, refine=False))
     assert m.calls == [1, 2, 4] and r.stop_reason == "plateau"
     assert r.best.batch_size == 1  # ties go to the smaller batch
 
@@ -112,7 +113,7 @@ def test_measure_that_raises_oom_is_recorded_as_oom():
 
 
 def test_oom_at_start_batch_gives_no_best():
-    r = search(fake_measure({1: "oom"}), SearchPolicy())
+    r = search(fake_measure({1: "oom"}), SearchPolicy(plateau_patience=1))
     assert r.stop_reason == "oom" and r.best is None and len(r.probes) == 1
     row = r.to_row()
     assert row["max_throughput_samples_per_s"] is None and row["max_throughput_stop_reason"] == "oom"
@@ -122,7 +123,7 @@ def test_oom_at_start_batch_gives_no_best():
 
 def test_failure_with_nothing_ok_ends_search_failed():
     m = fake_measure({}, raise_at={1: ValueError("bad input shape")})
-    r = search(m, SearchPolicy())
+    r = search(m, SearchPolicy(plateau_patience=1))
     assert m.calls == [1]
     assert r.stop_reason == "failed" and r.best is None
     assert r.probes[0].status == "failed" and r.probes[0].error == "ValueError: bad input shape"
@@ -130,7 +131,7 @@ def test_failure_with_nothing_ok_ends_search_failed():
 
 def test_failure_after_success_stops_growth_without_refine():
     m = fake_measure({1: 2.0, 2: 3.8, 4: "failed", 3: 5.0})
-    r = search(m, SearchPolicy(refine=True))
+    r = search(m, SearchPolicy(plateau_patience=1, refine=True))
     assert m.calls == [1, 2, 4]  # no refine at 3 after a failure
     assert r.stop_reason == "failed" and r.best.batch_size == 2
     assert [p.status for p in r.probes] == ["ok", "ok", "failed"]
@@ -140,14 +141,14 @@ def test_failure_after_success_stops_growth_without_refine():
 
 def test_max_batch_caps_growth_and_is_probed_exactly():
     m = fake_measure({1: 1.0, 2: 2.0, 4: 4.0, 6: 6.0})
-    r = search(m, SearchPolicy(max_batch=6))
+    r = search(m, SearchPolicy(plateau_patience=1, max_batch=6))
     assert m.calls == [1, 2, 4, 6]
     assert r.stop_reason == "max_batch" and r.best.batch_size == 6
 
 
 def test_growth_factor_below_two_still_grows():
     m = fake_measure({b: float(b) for b in range(1, 20)})
-    search(m, SearchPolicy(growth=1.5, max_batch=10, refine=False))
+    search(m, SearchPolicy(plateau_patience=1, growth=1.5, max_batch=10, refine=False))
     assert m.calls == [1, 2, 3, 4, 6, 9, 10]  # next(b) = max(b + 1, round(1.5 b)), capped
 
 
@@ -156,7 +157,7 @@ def test_growth_factor_below_two_still_grows():
 def test_measured_peak_over_budget_stops_growth_and_is_not_best():
     m = fake_measure({1: 2.0, 2: 3.8, 4: 7.0}, peaks={1: 100, 2: 150, 4: 1000})
     # only one point is known before batch 2 -> measured; 1 and 2 give slope 50 -> 4 predicted 250
-    r = search(m, SearchPolicy(memory_budget_bytes=500, refine=False))
+    r = search(m, SearchPolicy(plateau_patience=1, memory_budget_bytes=500, refine=False))
     assert m.calls == [1, 2, 4]
     assert r.stop_reason == "memory_budget"
     assert r.probes[-1].status == "over_budget" and r.probes[-1].peak_memory_bytes == 1000
@@ -166,7 +167,7 @@ def test_measured_peak_over_budget_stops_growth_and_is_not_best():
 def test_predicted_peak_over_budget_is_recorded_but_not_run():
     # peak = 1000 + 100 * b: 1100, 1200, 1400; batch 8 is predicted at 1800 > 1500
     m = fake_measure({1: 2.0, 2: 3.8, 4: 7.0, 8: 13.0}, peaks={1: 1100, 2: 1200, 4: 1400})
-    r = search(m, SearchPolicy(memory_budget_bytes=1500, refine=False))
+    r = search(m, SearchPolicy(plateau_patience=1, memory_budget_bytes=1500, refine=False))
     assert m.calls == [1, 2, 4]
     assert r.stop_reason == "memory_budget" and r.best.batch_size == 4
     last = r.probes[-1]
@@ -177,12 +178,12 @@ def test_predicted_peak_over_budget_is_recorded_but_not_run():
 def test_budget_refine_midpoint_also_predicted():
     # best 4, neighbour 8 predicted 1800; midpoint 6 predicted 1600 > 1500: recorded, not run
     m = fake_measure({1: 2.0, 2: 3.8, 4: 7.0}, peaks={1: 1100, 2: 1200, 4: 1400})
-    r = search(m, SearchPolicy(memory_budget_bytes=1500, refine=True))
+    r = search(m, SearchPolicy(plateau_patience=1, memory_budget_bytes=1500, refine=True))
     assert m.calls == [1, 2, 4]
     assert [(p.batch_size, p.status) for p in r.probes][-2:] == [(8, "over_budget"), (6, "over_budget")]
     # with a budget of 1650, midpoint 6 (1600) fits and is measured
     m = fake_measure({1: 2.0, 2: 3.8, 4: 7.0, 6: 9.0}, peaks={1: 1100, 2: 1200, 4: 1400, 6: 1600})
-    r = search(m, SearchPolicy(memory_budget_bytes=1650, refine=True))
+    r = search(m, SearchPolicy(plateau_patience=1, memory_budget_bytes=1650, refine=True))
     assert m.calls == [1, 2, 4, 6] and r.best.batch_size == 6 and r.stop_reason == "memory_budget"
 
 
@@ -190,7 +191,7 @@ def test_budget_refine_midpoint_also_predicted():
 
 def test_refine_tries_midpoint_exactly_once_after_oom():
     m = fake_measure({1: 2.0, 2: 3.8, 4: 7.0, 8: 13.0, 16: "oom", 12: 15.0, 10: 99.0, 14: 99.0})
-    r = search(m, SearchPolicy(refine=True))
+    r = search(m, SearchPolicy(plateau_patience=1, refine=True))
     assert m.calls == [1, 2, 4, 8, 16, 12]
     assert r.stop_reason == "oom"
     assert r.best.batch_size == 12 and r.best.samples_per_s == 15.0
@@ -198,27 +199,27 @@ def test_refine_tries_midpoint_exactly_once_after_oom():
 
 def test_refine_midpoint_that_ooms_is_recorded_and_best_unchanged():
     m = fake_measure({1: 2.0, 2: 3.8, 4: 7.0, 8: 13.0, 16: "oom", 12: "oom"})
-    r = search(m, SearchPolicy(refine=True))
+    r = search(m, SearchPolicy(plateau_patience=1, refine=True))
     assert m.calls == [1, 2, 4, 8, 16, 12]
     assert r.best.batch_size == 8 and r.probes[-1].status == "oom" and r.stop_reason == "oom"
 
 
 def test_refine_after_plateau_drop_probes_between_best_and_larger():
     m = fake_measure({1: 2.0, 2: 3.8, 4: 7.0, 8: 6.0, 6: 7.5})
-    r = search(m, SearchPolicy(refine=True))
+    r = search(m, SearchPolicy(plateau_patience=1, refine=True))
     assert m.calls == [1, 2, 4, 8, 6]
     assert r.best.batch_size == 6 and r.stop_reason == "plateau"
 
 
 def test_no_refine_when_best_is_the_largest_probe():
     m = fake_measure({1: 2.0, 2: 3.8, 4: 7.0, 8: 7.2})
-    r = search(m, SearchPolicy(refine=True))
+    r = search(m, SearchPolicy(plateau_patience=1, refine=True))
     assert m.calls == [1, 2, 4, 8] and r.best.batch_size == 8
 
 
 def test_no_refine_when_neighbours_are_adjacent():
     m = fake_measure({1: 2.0, 2: "oom"})
-    r = search(m, SearchPolicy(refine=True))
+    r = search(m, SearchPolicy(plateau_patience=1, refine=True))
     assert m.calls == [1, 2] and r.best.batch_size == 1 and r.stop_reason == "oom"
 
 
@@ -337,7 +338,7 @@ def test_measure_with_engine_records_ok_then_oom():
     engine = TinyEngine(oom_from=4, call_s=0.01)
     peaks = iter([111, 222])
     measure = measure_with_engine(engine, _clips(), TIMING, peak_memory=lambda: next(peaks))
-    r = search(measure, SearchPolicy(refine=False))
+    r = search(measure, SearchPolicy(plateau_patience=1, refine=False))
     assert [(p.batch_size, p.status) for p in r.probes] == [(1, "ok"), (2, "ok"), (4, "oom")]
     assert r.best.batch_size == 2
     ok = [p for p in r.probes if p.ok]

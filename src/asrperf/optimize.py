@@ -71,7 +71,7 @@ def candidates(name: str, device: str, weights: str = "auto", engines: tuple[str
 
     `engines` restricts the engines tried (default: every installed engine that runs this family).
     `long_audio` (clips over 30 s) adds batched long-form windows to the Whisper variants that
-    support it: the fp32 and int8 transformers ones and every CTranslate2 compute type.
+    support it (see the comment at the list).
     """
     from asrperf.engines.catalog import resolve
     from asrperf.engines.registry import supports
@@ -98,9 +98,11 @@ def candidates(name: str, device: str, weights: str = "auto", engines: tuple[str
         order = ("float16", "int8_float16", "int8") if cuda else ("float32", "int8", "int8_float32", "int8_bfloat16")
         out += [ModelConfig(name=name, engine="ct2", weights=weights, dtype=_CT2_DTYPES[t]) for t in order if t in types]
     if long_audio and spec.family == "whisper":
+        # the batched-windows twin of each plain speed candidate; compile, eager attention and bf16
+        # are left out (compile and eager never beat fp32 here, bf16 duplicates fp16 on CUDA and is
+        # the slowest torch dtype on a CPU without AMX): one run stays a few minutes shorter
         out += [dataclasses.replace(m, longform="batched") for m in list(out)
-                if m.engine in LONGFORM_ENGINES and not m.compile and m.attn == "sdpa"
-                and (m.engine == "ct2" or m.dtype in ("fp32", "fp16"))]
+                if m.engine in LONGFORM_ENGINES and not m.compile and m.attn == "sdpa" and m.dtype != "bf16"]
     if "ort" in want and supports("ort", spec.family) and importlib.util.find_spec("onnxruntime") is not None:
         out += [ModelConfig(name=name, engine="ort", weights=weights, dtype=d) for d in ("fp32", "int8")]
     return out

@@ -27,7 +27,7 @@ import numpy as np
 from asrperf.cache import build_once
 from asrperf.engines.base import GREEDY_DECODING, Engine, LoadedWeights, ModelSpec, Transcription, cpu_threads
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
-from asrperf.engines.hf import WINDOW_SAMPLES
+from asrperf.engines.windows import WINDOW_SAMPLES
 from asrperf.errors import ModelError, require
 
 # asrperf dtype -> CTranslate2 compute type. The int8 variants quantize the weights at load time
@@ -175,6 +175,15 @@ class CTranslate2Engine(Engine):
         # transformers engine's generate() does when given none (faster-whisper detects it from the
         # first 30 s of a clip, or once for a whole batch of short clips)
         self.language = None if self.model.model.is_multilingual else "en"
+        if self.longform == "batched":
+            from faster_whisper.tokenizer import Tokenizer
+
+            # built once here, not in the timed call; a multilingual prompt's language slot is
+            # filled per clip from the detected language
+            multilingual = self.model.model.is_multilingual
+            self.window_tokenizer = Tokenizer(self.model.hf_tokenizer, multilingual, task="transcribe",
+                                              language="en" if multilingual else None)
+            self.window_prompt = [*self.window_tokenizer.sot_sequence, self.window_tokenizer.no_timestamps]
         self.spec = spec
         self.model_dir = path
         self._info.update(
@@ -296,65 +305,47 @@ class CTranslate2Engine(Engine):
 
     def _windows(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
         """Batched long-form: every clip cut at pauses into <= 30 s windows (engines/windows.py); the
-        windows of the batch encoded WINDOW_BATCH at a time, then decoded without timestamps, either
-        in parallel on the CPU pool (one core per window) or as one batch (GPU, or one thread)."""
+        windows encoded WINDOW_BATCH at a time, then decoded without timestamps, either in parallel
+        on the CPU pool (one core per window) or as one batch (GPU, or one thread)."""
         import ctranslate2
 
-        from asrperf.engines.windows import WINDOW_BATCH, describe, split_windows
+        from asrperf.engines.windows import plan_windows
 
-        per_clip = [split_windows(a, sample_rate) for a in audios]
-        owners = [i for i, ws in enumerate(per_clip) for _ in ws]
-        texts, tokens = [""] * len(audios), [0] * len(audios)
+        plan = plan_windows(audios, sample_rate)
         self._info["longform"] = (f"batched windows (cut at pauses, <= 30 s, no timestamps; "
                                   f"{'decoded in parallel, one CPU core per window' if self.pool else 'decoded as one batch'})")
-        self._info["windows"] = describe(per_clip, sample_rate)
-        if not owners:
-            return Transcription(texts, tokens)
-        fe = self.model.feature_extractor
-        # each window padded with silence to 30 s before the log-mel, as OpenAI's pad_or_trim does
-        mels = np.stack([fe(np.pad(a[w.start:w.end], (0, WINDOW_SAMPLES - w.n)))[:, :fe.nb_max_frames]
-                         for a, ws in zip(audios, per_clip) for w in ws])
-        model = self.model.model
+        self._info["windows"] = plan.describe()
+        fe, model = self.model.feature_extractor, self.model.model
         opts = {"beam_size": 1, "max_length": self.model.max_length, "suppress_blank": True, "suppress_tokens": [-1]}
         results, jobs = [], []
-        for lo in range(0, len(owners), WINDOW_BATCH):  # bounded encoder memory for large batches
-            part = ctranslate2.StorageView.from_array(np.ascontiguousarray(mels[lo:lo + WINDOW_BATCH]))
-            encoded = model.encode(part, to_cpu=self.pool is not None)
-            prompts = self._window_prompts(encoded, owners[lo:lo + WINDOW_BATCH])
+        for part in plan.chunks():  # bounded encoder memory for large batches
+            # each window padded with silence to 30 s before the log-mel, as OpenAI's pad_or_trim does
+            mels = np.stack([fe(np.pad(p, (0, WINDOW_SAMPLES - len(p))))[:, :fe.nb_max_frames] for p in plan.pieces[part]])
+            encoded = model.encode(ctranslate2.StorageView.from_array(mels), to_cpu=self.pool is not None)
+            prompts = self._window_prompts(encoded, plan.owners[part])
             if self.pool is None:
                 results += model.generate(encoded, prompts, **opts)
                 continue
             rows = np.asarray(encoded)
-            jobs += [self.pool.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(rows[k:k + 1])),
-                                        [prompts[k]], asynchronous=True, **opts)[0] for k in range(len(prompts))]
+            jobs += [self.pool.generate(ctranslate2.StorageView.from_array(rows[k:k + 1]), [prompt],
+                                        asynchronous=True, **opts)[0] for k, prompt in enumerate(prompts)]
         results += [job.result() for job in jobs]
-        tokenizer = self._tokenizer()
-        for owner, result in zip(owners, results):
-            ids = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
-            texts[owner] = (texts[owner] + " " + tokenizer.decode(ids).strip()).strip()
-            tokens[owner] += len(ids)
-        return Transcription(texts, tokens)
-
-    def _tokenizer(self) -> Any:
-        from faster_whisper.tokenizer import Tokenizer
-
-        return Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
-                         language=self.language or ("en" if self.model.model.is_multilingual else None))
+        eot = self.window_tokenizer.eot
+        ids = [[t for t in r.sequences_ids[0] if t < eot] for r in results]
+        return plan.gather([self.window_tokenizer.decode(i) for i in ids], [len(i) for i in ids])
 
     def _window_prompts(self, encoded: Any, owners: list[int]) -> list[list[int]]:
         """<|startoftranscript|> [language, task] <|notimestamps|> per window; a multilingual model's
         language is detected from each clip's first window, as faster-whisper does per clip."""
-        tokenizer = self._tokenizer()
-        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         if not self.model.model.is_multilingual:
-            return [prompt] * len(owners)
+            return [self.window_prompt] * len(owners)
         detected = self.model.model.detect_language(encoded)
         first = {owner: k for k, owner in reversed(list(enumerate(owners)))}
-        slot = prompt.index(tokenizer.language)
+        slot = self.window_prompt.index(self.window_tokenizer.language)
         out = []
         for owner in owners:
-            lang = tokenizer.tokenizer.token_to_id(detected[first[owner]][0][0])
-            out.append([*prompt[:slot], lang, *prompt[slot + 1:]])
+            lang = self.window_tokenizer.tokenizer.token_to_id(detected[first[owner]][0][0])
+            out.append([*self.window_prompt[:slot], lang, *self.window_prompt[slot + 1:]])
         return out
 
     def synchronize(self) -> None:

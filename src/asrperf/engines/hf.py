@@ -16,10 +16,9 @@ from asrperf.data.audio import SAMPLE_RATE
 from asrperf.engines.base import GREEDY_DECODING, Engine, LoadedWeights, ModelSpec, Transcription
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE, TRANSDUCER_CLASSES
 from asrperf.engines.hf_random import CTC_VOCAB, all_blank, ctc_tokenizer, piece_tokenizer, piece_vocab, random_fill
+from asrperf.engines.windows import WINDOW_S, WINDOW_SAMPLES, plan_windows
 from asrperf.errors import ConfigError, ModelError, require
 
-WINDOW_S = 30  # Whisper's fixed input window, seconds
-WINDOW_SAMPLES = WINDOW_S * SAMPLE_RATE  # 480,000
 # A random-weight decoder never emits end-of-text, so its token count is fixed instead. English
 # speech runs at ~150 words/min = 2.5 words/s, and Whisper's GPT-2 BPE spends ~1.3 tokens per
 # word: ~3.3 tokens/s. We use 3.0 tokens per second of audio, i.e. 90 per full 30 s window; the
@@ -368,34 +367,19 @@ class TransformersEngine(Engine):
         return Transcription(texts, tokens)
 
     def _whisper_windows(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
-        """Batched long-form: every clip cut at pauses into <= 30 s windows (engines/windows.py), the
-        windows of the batch encoded and decoded WINDOW_BATCH at a time by generate(), without timestamps."""
-        from asrperf.engines.windows import WINDOW_BATCH, describe, split_windows
-
-        per_clip = [split_windows(a, sample_rate) for a in audios]
-        owners = [i for i, ws in enumerate(per_clip) for _ in ws]
-        texts, tokens = [""] * len(audios), [0] * len(audios)
+        """Batched long-form: every clip cut at pauses into <= 30 s windows (engines/windows.py),
+        decoded WINDOW_BATCH windows at a time as short clips (one generate() batch, no timestamps)."""
+        plan = plan_windows(audios, sample_rate)
+        texts: list[str] = []
+        tokens: list[int] = []
+        for part in plan.chunks():
+            out = self._whisper(plan.pieces[part], sample_rate)
+            texts += out.texts
+            tokens += out.tokens
         self._info["longform"] = "batched windows (cut at pauses, <= 30 s, no timestamps; decoded as one batch)"
-        self._info["windows"] = describe(per_clip, sample_rate)
+        self._info["windows"] = plan.describe()
         self._info["tokens_policy"] = "real (the model's own end-of-text)"
-        if not owners:
-            return Transcription(texts, tokens)
-        pieces = [a[w.start:w.end] for a, ws in zip(audios, per_clip) for w in ws]
-        special = set(self.tok.all_special_ids)
-        for lo in range(0, len(pieces), WINDOW_BATCH):  # bounded encoder memory for large batches
-            with _stage("feature_extraction"):
-                # the feature extractor pads each window with silence to 30 s, as for any short clip
-                feats = self.fe(pieces[lo:lo + WINDOW_BATCH], sampling_rate=sample_rate, return_tensors="pt")
-            with _stage("host_to_device"):
-                features = feats.input_features.to(self.device, self.dtype)
-            with _stage("model"):
-                sequences = self.model.generate(features, num_beams=1, do_sample=False, return_timestamps=False)
-            with _stage("detokenize"):
-                decoded = self.tok.batch_decode(sequences, skip_special_tokens=True)
-                for owner, row, text in zip(owners[lo:lo + WINDOW_BATCH], sequences, decoded):
-                    texts[owner] = (texts[owner] + " " + text.strip()).strip()
-                    tokens[owner] += sum(1 for t in row.tolist() if t not in special)
-        return Transcription(texts, tokens)
+        return plan.gather(texts, tokens)
 
     def _whisper_fixed_tokens(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
         """Random weights: decode a fixed, realistic number of tokens per 30 s window.

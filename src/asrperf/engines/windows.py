@@ -7,7 +7,7 @@ encoded as one batch and decoded as one batch (GPU) or in parallel (CPU cores). 
 the cut itself: a cut inside a word would lose or garble it, so cuts go where the audio is
 quietest. Silent stretches at either end carry no speech and are dropped.
 
-Pure numpy: no engine is imported here.
+Pure numpy: no engine library is imported here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from asrperf.data.audio import SAMPLE_RATE
+from asrperf.engines.base import Transcription
+
+WINDOW_S = 30  # Whisper's fixed input window, seconds
+WINDOW_SAMPLES = WINDOW_S * SAMPLE_RATE  # 480,000
 FRAME_S = 0.01  # energy resolution: 10 ms frames
 # A pause is judged over 200 ms around the cut (a shorter span finds dips inside words: the
 # closure before a plosive is ~50-100 ms of near-silence)
@@ -60,13 +65,14 @@ def _smooth(energy: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(energy, kernel, mode="same")
 
 
-def split_windows(audio: np.ndarray, sample_rate: int, max_s: float = 30.0, search_s: float = SEARCH_S) -> list[Window]:
+def split_windows(audio: np.ndarray, sample_rate: int, max_s: float = WINDOW_S,
+                  search_s: float = SEARCH_S) -> list[Window]:
     """The fewest windows of at most `max_s` seconds that cover the speech in `audio`, cut at pauses.
 
     Greedy from the start: while more than `max_s` seconds remain, cut in the middle of the last
     pause (a run of quiet frames) in the last `search_s` seconds before the limit, or at the
-    quietest point there if none is quiet. Leading and trailing quiet audio is dropped; an all-quiet clip gives no window.
-    Every window starts and ends on a 10 ms frame boundary inside the clip.
+    quietest point there if none is quiet. Leading and trailing quiet audio is dropped; an
+    all-quiet clip gives no window. Every window starts and ends on a 10 ms frame boundary inside the clip.
     """
     if audio.ndim != 1:
         raise ValueError(f"split_windows takes one mono waveform; got shape {audio.shape}")
@@ -97,13 +103,45 @@ def split_windows(audio: np.ndarray, sample_rate: int, max_s: float = 30.0, sear
             at = int(np.argmin(span))
         cuts.append(lo + at)
     cuts.append(last)
-    n = len(audio)
-    return [Window(min(a * frame, n), min(b * frame, n)) for a, b in zip(cuts, cuts[1:]) if min(a * frame, n) < min(b * frame, n)]
+    bounds = [min(c * frame, len(audio)) for c in cuts]
+    return [Window(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
 
 
-def describe(windows_per_clip: list[list[Window]], sample_rate: int) -> str:
-    """One line for the result row: how many windows, and their lengths."""
-    lengths = [w.n / sample_rate for ws in windows_per_clip for w in ws]
-    if not lengths:
-        return "no speech found"
-    return f"{len(lengths)} window(s) over {len(windows_per_clip)} clip(s), {min(lengths):.1f}-{max(lengths):.1f} s"
+@dataclass(frozen=True)
+class WindowPlan:
+    """The windows of one batch of clips, in order, and the clip each one belongs to."""
+
+    pieces: list[np.ndarray]  # each window's audio
+    owners: list[int]  # index of the clip each piece comes from
+    n_clips: int
+    sample_rate: int
+
+    def chunks(self) -> list[slice]:
+        """Slices of at most WINDOW_BATCH pieces: what is encoded (and decoded) together."""
+        return [slice(lo, lo + WINDOW_BATCH) for lo in range(0, len(self.pieces), WINDOW_BATCH)]
+
+    def describe(self) -> str:
+        """One line for the result row: how many windows, and their lengths."""
+        if not self.pieces:
+            return "no speech found"
+        lengths = [len(p) / self.sample_rate for p in self.pieces]
+        return f"{len(lengths)} window(s) over {self.n_clips} clip(s), {min(lengths):.1f}-{max(lengths):.1f} s"
+
+    def gather(self, texts: list[str], tokens: list[int]) -> Transcription:
+        """Per-window outputs (in piece order) joined back into one text and token count per clip."""
+        parts: list[list[str]] = [[] for _ in range(self.n_clips)]
+        counts = [0] * self.n_clips
+        for owner, text, n in zip(self.owners, texts, tokens, strict=True):
+            parts[owner].append(text.strip())
+            counts[owner] += n
+        return Transcription([" ".join(p for p in ps if p) for ps in parts], counts)
+
+
+def plan_windows(audios: list[np.ndarray], sample_rate: int) -> WindowPlan:
+    """Every clip of a batch cut at pauses (split_windows), flattened into one list of windows."""
+    pieces, owners = [], []
+    for i, audio in enumerate(audios):
+        for w in split_windows(audio, sample_rate):
+            pieces.append(audio[w.start:w.end])
+            owners.append(i)
+    return WindowPlan(pieces, owners, len(audios), sample_rate)

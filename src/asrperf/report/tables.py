@@ -188,20 +188,20 @@ def _device_table(device: str, all_rows: list[dict[str, Any]]) -> Table:
         for length in lengths:
             t.rows.append((f"ΔWER pts vs fp32 ref [95% CI], worse clips, {length:g} s",
                            [_wer_delta(cell.get((c, length, b1)), rows) for c in columns]))
-    for b in batches:
-        t.rows.append((f"energy J/sample, b{b}, {longest:g} s",
-                       [_energy(cell.get((c, longest, b)), "energy_j_per_sample") for c in columns]))
-    t.rows.append((f"energy J/audio-s, b{b1}, {longest:g} s",
-                   [_energy(cell.get((c, longest, b1)), "energy_j_per_audio_s") for c in columns]))
-    if any(r.get("idle_power_w") is not None for r in ok):  # real counters: idle measured before the window
+    idle_measured = any(r.get("idle_power_w") is not None for r in ok)  # real counters only
+    energy = [("energy", "energy_j_per_sample", "energy_j_per_audio_s")]
+    if idle_measured:
+        energy.append(("energy net of idle", "energy_net_j_per_sample", "energy_net_j_per_audio_s"))
+    for name, per_sample, per_audio_s in energy:
+        for b in batches:
+            t.rows.append((f"{name} J/sample, b{b}, {longest:g} s",
+                           [_energy(cell.get((c, longest, b)), per_sample) for c in columns]))
+        t.rows.append((f"{name} J/audio-s, b{b1}, {longest:g} s",
+                       [_energy(cell.get((c, longest, b1)), per_audio_s) for c in columns]))
+    if idle_measured:
         t.rows.append((f"idle power W (before the window), b{b1}, {longest:g} s",
                        [_or_reason(cell.get((c, longest, b1)), "idle_power_w", ("energy_missing_reason",), ".1f")
                         for c in columns]))
-        for b in batches:
-            t.rows.append((f"energy net of idle J/sample, b{b}, {longest:g} s",
-                           [_energy(cell.get((c, longest, b)), "energy_net_j_per_sample") for c in columns]))
-        t.rows.append((f"energy net of idle J/audio-s, b{b1}, {longest:g} s",
-                       [_energy(cell.get((c, longest, b1)), "energy_net_j_per_audio_s") for c in columns]))
     t.rows.append((f"first call ms (cold), b{b1}, {longest:g} s",
                    [_num(cell.get((c, longest, b1)), "first_call_s", ",.1f", 1000) for c in columns]))
     if any(r.get("flops_per_call") for r in ok):

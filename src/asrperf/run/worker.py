@@ -24,9 +24,6 @@ from asrperf.errors import AsrperfError
 # the fork server preloads this module before torch and transformers: quiet their import noise there
 quiet_library_logs()
 
-# max-throughput growth ends after this many batch sizes in a row gain < 5% over the best so far
-MAX_THROUGHPUT_PATIENCE = 2
-
 
 def set_threads(threads: int) -> None:
     """Size the CPU thread pools before any engine work (env vars for libraries not yet loaded)."""
@@ -212,9 +209,7 @@ def _max_throughput(engine: Any, clips: list, device: str, timing: TimingConfig,
     if device.startswith("cuda") and torch is not None:  # device memory is what runs out there
         index = torch.device(device).index or 0
         peak, reset = (lambda: torch.cuda.max_memory_allocated(index)), (lambda: torch.cuda.reset_peak_memory_stats(index))
-    # patience 2: on a shared machine one noisy probe must not end the search (benchmarks/README.md)
-    policy = SearchPolicy(max_batch=payload.get("max_batch", 64), memory_budget_bytes=payload.get("memory_budget_bytes"),
-                          plateau_patience=MAX_THROUGHPUT_PATIENCE)
+    policy = SearchPolicy(max_batch=payload.get("max_batch", 64), memory_budget_bytes=payload.get("memory_budget_bytes"))
     result = search(measure_with_engine(engine, clips, timing, peak, reset), policy)
     return result.to_row()
 

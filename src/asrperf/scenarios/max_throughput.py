@@ -72,7 +72,9 @@ class SearchPolicy:
     growth: float = 2.0
     max_batch: int = 256
     plateau_gain: float = 0.05  # a batch is a plateau probe when it is < +5% samples/s over the best so far
-    plateau_patience: int = 1  # plateau probes in a row that stop the growth
+    # plateau probes in a row that stop the growth: 2, so that one noisy probe on a shared machine
+    # does not end the search (it stopped tiny.en at batch 2 of 16: benchmarks/README.md)
+    plateau_patience: int = 2
     memory_budget_bytes: int | None = None
     refine: bool = True
 
