@@ -124,7 +124,7 @@ def main() -> None:
         wer = error_rates(r["refs"], r["hyps"]).wer
         rows.append((name, statistics.median(r["times"]), max(r["times"]), wer))
         print(f"{name}: p50 {1000 * rows[-1][1]:,.0f} ms, WER {100 * wer:.2f}%", file=sys.stderr, flush=True)
-    from asrperf.optimize import optimize, trial_label
+    from asrperf.run.optimize import optimize, trial_label
 
     res = optimize("whisper-tiny.en", cfg, clip_length_s=60, wer_budget=0.01, compile=not a.no_compile,
                    on_cell=lambda c, s, i, n: print(f"asrperf cell {i + 1}/{n}: {s}", file=sys.stderr, flush=True))

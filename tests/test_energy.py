@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from asrperf.errors import ConfigError
+from asrperf.errors import MeasurementError
 from asrperf.measure import energy
 from asrperf.measure.energy import (
     EnergyResult,
@@ -130,7 +130,7 @@ def test_rapl_unreadable_counter(rapl_root, monkeypatch):
     ok = reader.available()
     assert not ok
     assert "permission denied" in ok.reason and str(target) in ok.reason and "chmod" in ok.reason
-    with pytest.raises(ConfigError, match="energy reader rapl is not available: permission denied"), \
+    with pytest.raises(MeasurementError, match="energy reader rapl is not available: permission denied"), \
             measure_energy([reader]):
         pass
 
@@ -207,7 +207,7 @@ def test_nvml_unavailable_says_why(monkeypatch, module, reason):
 
 def test_default_readers_refuse_an_unreadable_gpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)
-    with pytest.raises(ConfigError, match=r"nvml:0 is not available: `pynvml` is not installed"):
+    with pytest.raises(MeasurementError, match=r"nvml:0 is not available: `pynvml` is not installed"):
         default_readers(gpu_indices=[0])
 
 
@@ -289,7 +289,7 @@ def test_idle_power_reads_a_known_draw():
 
 
 def test_idle_window_shorter_than_the_counter_allows_is_refused():
-    with pytest.raises(ConfigError, match="shorter than constant's min_window_s"):
+    with pytest.raises(MeasurementError, match="shorter than constant's min_window_s"):
         idle_power_w(ConstantPower(40.0), 0.01)
 
 
@@ -328,10 +328,10 @@ def test_result_helpers_refuse_impossible_inputs():
 
 
 def test_meter_refuses_no_readers_and_unavailable_ones(tmp_path):
-    with pytest.raises(ConfigError, match="no readers"), measure_energy([]):
+    with pytest.raises(MeasurementError, match="no readers"), measure_energy([]):
         pass
     unavailable = RaplReader(tmp_path / "none")
-    with pytest.raises(ConfigError, match="rapl is not available: no .* without RAPL.*default_readers"), \
+    with pytest.raises(MeasurementError, match="rapl is not available: no .* without RAPL.*default_readers"), \
             measure_energy([unavailable]):
         pass
 

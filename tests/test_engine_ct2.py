@@ -15,8 +15,6 @@ from asrperf.engines.ct2 import COMPUTE_TYPES, CTranslate2Engine
 from asrperf.engines.hf import TransformersEngine
 from asrperf.errors import ConfigError, MissingExtraError, ModelError
 from asrperf.measure.wer import error_rates
-from asrperf.results.store import Store
-from asrperf.run.runner import run
 
 # Both engines run the same tiny.en weights (the bundled CTranslate2 export; the transformers copy
 # is dequantized from it) with the same greedy, no-fallback decoding, so they should agree almost
@@ -122,18 +120,9 @@ def test_a_transformers_checkpoint_is_converted_once_and_cached(ct2_fp32, hf_fp3
     assert again.info()["weights_source"] == converted
 
 
-def test_ct2_int8_through_the_runner_commits_an_ok_row(tmp_path, cache_dir, tiny_source):
-    cfg = config_from_dict({
-        "source": tiny_source,
-        "models": [{"name": "whisper-tiny.en", "engine": "ct2", "dtype": "int8"}],
-        "timing": {"warmup_calls": 0, "min_calls": 1, "min_time_s": 0.0},
-        "run": {"clip_lengths_s": [5], "n_clips": 1, "store": str(tmp_path / "r.sqlite"), "cache_dir": str(cache_dir)},
-    })
-    summary = run(cfg)
-    assert summary.ran == 1 and summary.failed == 0
-    with Store(cfg.store) as s:
-        (row,) = s.rows()
-    assert row["status"] == "ok", row.get("error")
+def test_ct2_int8_through_the_runner_commits_an_ok_row(run_rows):
+    (row,) = run_rows([{"name": "whisper-tiny.en", "engine": "ct2", "dtype": "int8"}],
+                      timing={"warmup_calls": 0, "min_calls": 1, "min_time_s": 0.0})
     assert row["engine"] == "ct2" and row["weights"] == "real" and row["dtype"] == "int8"
     assert row["wer"] is not None and row["wer"] < 0.25
 
@@ -173,5 +162,7 @@ def test_missing_extra_names_pip_install(monkeypatch, cache_dir):
 def test_int8_with_the_transformers_engine_is_a_clear_error(cache_dir):
     with pytest.raises(ConfigError, match="dtype 'int8' is not supported by engine transformers; use engine ct2 or fp32/fp16/bf16"):
         TransformersEngine(cache_dir).load(resolve("whisper-tiny.en"), "auto", "int8", "cpu")
-    cfg = config_from_dict({"models": [{"name": "whisper-tiny.en", "dtype": "int8_float32"}]})
-    assert cfg.models[0].dtype == "int8_float32"  # the config accepts it; the engine decides
+    # the config already knows what each engine runs (engines/capabilities.py): an error before any cell
+    with pytest.raises(ConfigError, match="dtype = 'int8_float32' with engine = 'transformers': engine transformers "
+                                          "runs fp32, fp16, bf16"):
+        config_from_dict({"models": [{"name": "whisper-tiny.en", "dtype": "int8_float32"}]})

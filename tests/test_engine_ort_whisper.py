@@ -133,22 +133,9 @@ def test_beam_search_is_refused(cache_dir):
         engine._whisper.model.generate(features, num_beams=2)
 
 
-def test_runner_commits_an_ok_ort_whisper_row(tmp_path, cache_dir, tiny_source, ort_fp32):
-    from asrperf.config import config_from_dict
-    from asrperf.results.store import Store
-    from asrperf.run.runner import run
-
-    cfg = config_from_dict({
-        "source": tiny_source,
-        "models": [{"name": "whisper-tiny.en", "engine": "ort", "weights": "real"}],
-        "timing": {"warmup_calls": 0, "min_calls": 1, "min_time_s": 0.0, "max_calls": 1},
-        "run": {"clip_lengths_s": [5], "n_clips": 1, "store": str(tmp_path / "r.sqlite"), "cache_dir": str(cache_dir)},
-    })
-    summary = run(cfg)
-    assert summary.ran == 1 and summary.failed == 0
-    with Store(cfg.store) as s:
-        rows = s.rows()
-    assert len(rows) == 1 and rows[0]["status"] == "ok", rows[0].get("error")
+def test_runner_commits_an_ok_ort_whisper_row(run_rows, ort_fp32):
+    rows = run_rows([{"name": "whisper-tiny.en", "engine": "ort", "weights": "real"}])
+    assert len(rows) == 1 and rows[0]["status"] == "ok"
     assert rows[0]["engine"] == "ort" and rows[0]["weights"] == "real"
 
 

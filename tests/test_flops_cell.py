@@ -2,24 +2,13 @@
 
 import pytest
 
-from asrperf.config import config_from_dict
 from asrperf.measure.flops import analytic_whisper_encoder_flops
 from asrperf.report.tables import study_tables
-from asrperf.results.store import Store
-from asrperf.run.runner import run
 
 
-def test_flops_and_mfu_on_a_whisper_cell(tmp_path, cache_dir, tiny_source):
-    cfg = config_from_dict({
-        "source": tiny_source,
-        "models": [{"name": "whisper-tiny", "weights": "random"}],
-        "timing": {"warmup_calls": 0, "min_calls": 1, "min_time_s": 0.0},
-        "run": {"clip_lengths_s": [5], "n_clips": 1, "store": str(tmp_path / "r.sqlite"),
-                "cache_dir": str(cache_dir), "flops": True, "energy": False},
-    })
-    assert run(cfg).failed == 0
-    with Store(cfg.store) as s:
-        (row,) = s.rows()
+def test_flops_and_mfu_on_a_whisper_cell(run_rows):
+    (row,) = run_rows([{"name": "whisper-tiny", "weights": "random"}], flops=True, energy=False,
+                      timing={"warmup_calls": 0, "min_calls": 1, "min_time_s": 0.0})
     # a 5 s clip still fills one 30 s encoder window: the encoder costs its analytic count
     stages = row["flops_by_stage"]
     assert stages["WhisperEncoder"] == pytest.approx(analytic_whisper_encoder_flops(384, 4), rel=0.02)

@@ -160,9 +160,6 @@ def test_absent_data_is_a_note_and_present_shapes_are_drawn(store):
                                                        "decoding": "greedy"} for kv in (True, False) for i in range(8)])
     drawn = {p.name: p for p in make_plots([real, prof, dec])}
     assert drawn["profile-cpu"].png and drawn["decode-curve-cpu"].png
-    # profile_cell's own shape (stages as {stage: seconds} with stage_order) draws too
-    raw = dict(prof, stages={"model": 0.3, "encoder": 0.1}, stage_order=["model"])
-    assert {p.name: p for p in make_plots([raw])}["profile-cpu"].png
 
 
 def test_empty_rows_draw_nothing():

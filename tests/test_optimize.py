@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from asrperf.cli import app
 from asrperf.config import config_from_dict, load_config
 from asrperf.errors import ConfigError
-from asrperf.optimize import candidates, optimize, write_winner
+from asrperf.run.optimize import candidates, optimize, write_winner
 from asrperf.report.gate import gate, reference_row
 
 
@@ -17,7 +17,7 @@ def _row(key, engine="transformers", dtype="fp32", hyps=("a b c d", "e f g h"), 
     wrong = sum(h != r for h, r in zip(hyps, refs))
     return {"cell_key": key, "run_id": "r", "status": "ok", "model_name": "whisper-tiny.en", "weights": "real",
             "clip_length_s": 5.0, "device": "cpu", "batch_size": 1, "threads": 2, "scenario": "latency",
-            "engine": engine, "dtype": dtype, "wer": wrong / 8,
+            "engine": engine, "dtype": dtype, "wer": wrong / 8, "accuracy_reference": engine == "transformers",
             "transcripts": [{"clip": f"c{i}", "ref": r, "hyp": h} for i, (r, h) in enumerate(zip(refs, hyps))], **kw}
 
 

@@ -154,7 +154,7 @@ def test_measured_energy_preferred_over_estimated_and_labelled():
 
 def test_devices_are_never_compared():
     rows = [row("whisper-tiny.en", p90=2.0, rtfx=7.5, device="cpu"),
-            row("whisper-tiny.en", p90=0.05, rtfx=300, device="cuda:0", torch_version="2.13.0",
+            row("whisper-tiny.en", p90=0.05, rtfx=300, device="cuda:0", torch_version="2.13.0", runs_torch=True,
                 cuda_peak_allocated_bytes=200 * MIB),
             row("whisper-tiny.en", "ct2", "int8", p90=1.0, rtfx=15, device="cpu")]
     recs = recommend(rows)
@@ -174,7 +174,7 @@ def test_polluted_or_shared_memory_is_not_compared(rows):
         if r["engine"] == "ct2":
             r["isolated"] = False
         elif r["model"] == "whisper-tiny.en":
-            r["peak_method"] = "best of 5: 2048x2048 matmul"
+            r["peak_method"], r["flops_probe_ran"] = "best of 5: 2048x2048 matmul", True
     rec = by_scenario(recommend(rows))["low memory (edge)"]
     # usable: small (1500 MiB, over budget) and wav2vec2 (300 MiB, fails the WER bound)
     assert rec.choice is None and rec.why.startswith("among configurations within 1,024 MiB: no configuration within")
@@ -185,18 +185,18 @@ def test_polluted_or_shared_memory_is_not_compared(rows):
 
 def test_timed_window_memory_is_preferred_and_one_field_is_compared_per_device(rows):
     for r in rows:  # every whole-cell peak is polluted by the probes; the timed-window figures are not
-        r["peak_method"] = "best of 5: 2048x2048 matmul"
+        r["peak_method"], r["flops_probe_ran"] = "best of 5: 2048x2048 matmul", True
         r["rss_peak_timed_bytes"] = r["peak_rss_bytes"] - 100 * MIB
         r["rss_peak_timed_method"] = "VmHWM reset at the window start"
     recs = by_scenario(recommend(rows))
     rec = recs["low memory (edge)"]
     assert rec.choice.startswith(INT8) and "350 MiB (peak RSS over the timed calls; VmHWM reset" in rec.why
     assert "peak RSS over the timed calls" in rec.criterion
-    gpu = [row("whisper-tiny.en", device="cuda:0", torch_version="2.13", nvml_process_peak_bytes=900 * MIB,
+    gpu = [row("whisper-tiny.en", device="cuda:0", torch_version="2.13", runs_torch=True, nvml_process_peak_bytes=900 * MIB,
                cuda_peak_allocated_timed_bytes=150 * MIB),
            row("whisper-tiny.en", "ct2", "int8", device="cuda:0", nvml_process_peak_bytes=700 * MIB,
                cuda_peak_allocated_timed_bytes=None, cuda_memory_missing_reason="engine ct2 does not use torch"),
-           row("whisper-small", device="cuda:0", torch_version="2.13", nvml_process_peak_bytes=None,
+           row("whisper-small", device="cuda:0", torch_version="2.13", runs_torch=True, nvml_process_peak_bytes=None,
                nvml_process_missing_reason="pid not visible to NVML", cuda_peak_allocated_timed_bytes=100 * MIB)]
     rec = by_scenario(recommend(gpu), "cuda:0")["low memory (edge)"]
     # NVML sees every runtime; torch's allocator figure (small: 100 MiB) is not mixed in

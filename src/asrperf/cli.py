@@ -1,4 +1,8 @@
-"""The one CLI: `asrperf run | prepare | report | doctor`. Nothing imports this module."""
+"""The one CLI: `asrperf run | prepare | report | compare | profile | optimize | doctor`.
+
+It reaches engines and scenarios only through run/, and the results through report/ and results/.
+Nothing imports this module.
+"""
 
 from __future__ import annotations
 
@@ -155,7 +159,10 @@ def prepare(
 
 
 def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path | None = None,
-                  thresholds: Path | None = None, html: Path | None = None, plots_dir: Path | None = None) -> None:
+                  thresholds: Path | None = None, html: Path | None = None, plots_dir: Path | None = None,
+                  scenarios: tuple[str, ...] = ()) -> None:
+    """The report of one run (or every run): tables, recommendations, environment; `scenarios`
+    limits the tables to those scenarios' sections (the profile command shows only its own)."""
     from asrperf.report.recommend import Thresholds, load_thresholds, recommend, recommendations_table
     from asrperf.report.profile_tables import profile_tables
     from asrperf.report.tables import environment_lines, render_rich, study_tables, to_markdown
@@ -182,7 +189,16 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
         export_rows(rows, path)
         console.print(f"wrote {len(rows)} row(s) to {path}")
         return
-    tables = study_tables(rows) + profile_tables(rows) + [recommendations_table(recommend(rows, limits))]
+    if scenarios:
+        failed = [r for r in rows if r.get("status") != "ok"]
+        for r in failed:
+            console.print(f"[red]{escape(str(r.get('cell_key')))}: failed: {escape(str(r.get('error')))}[/red]")
+        tables = profile_tables(rows)
+        for r in rows:
+            if r.get("trace_path"):
+                console.print(f"trace (open in chrome://tracing or Perfetto): {escape(r['trace_path'])}")
+    else:
+        tables = study_tables(rows) + profile_tables(rows) + [recommendations_table(recommend(rows, limits))]
     env_text = [line for r, e in envs for line in environment_lines(e, r)]
     if fmt == "markdown":
         text = to_markdown(tables) + "\n" + "\n".join(f"- {line.strip()}" for line in env_text) + "\n"
@@ -282,60 +298,26 @@ def profile(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     threads: int = typer.Option(0, help="CPU threads (0 = all usable cores)."),
     active: int = typer.Option(3, help="Profiled calls (after 1 skipped and 1 warm-up call)."),
-    out_dir: Path = typer.Option(Path("asrperf-results/profiles"), "--out", help="Where traces and the JSON summary go."),
+    store: Path = typer.Option(Path("asrperf-results/results.sqlite"), help="Results database; traces go beside it."),
     cache_dir: Optional[Path] = typer.Option(None, help="Where corpora, clips and converted weights are cached."),
 ) -> None:
-    """Where the time goes: op categories and stages of one cell, with a Chrome/Perfetto trace."""
-    import json
+    """Where the time goes: a one-cell run of the profile scenario (op categories, stages, roofline,
+    Chrome/Perfetto trace), shown with the same tables as `asrperf report`."""
+    from asrperf.run.runner import run as run_cells
 
-    from rich.table import Table
-
-    from asrperf.data.clips import ClipCache
-    from asrperf.engines.catalog import resolve
-    from asrperf.engines.registry import create
-    from asrperf.run.plan import usable_cores
-    from asrperf.run.runner import check
-    from asrperf.run.runner import prepare as prepare_clips
-    from asrperf.run.worker import set_threads
-    from asrperf.scenarios.profile import profile_cell
-
-    cfg = _build_config(None, [model], str(length), str(batch), [device], str(threads), max(batch, 1), None,
-                        cache_dir, False, None, None, None, None, None, None, weights, dtype)
-    cfg = dataclasses.replace(cfg, models=tuple(dataclasses.replace(m, engine=engine) for m in cfg.models))
-    check(cfg)
-    set_threads(threads or usable_cores())
-    with console.status("preparing clips and loading the model"):
-        key = prepare_clips(cfg)[cfg.clip_lengths_s[0]]
-        clips = ClipCache(cfg.cache_dir).load(key, cfg.n_clips)
-        eng = create(engine, cfg.cache_dir)
-        eng.load(resolve(model), weights, dtype, device)
-        set_threads(threads or usable_cores())
-    if not eng.runs_torch:
-        raise ConfigError(f"engine {engine} does not run its model on torch: torch.profiler cannot see its ops")
-    name = f"{Path(model).name}-{engine}-{dtype}-{device.replace(':', '')}-{length:g}s-b{batch}"
-    with console.status(f"profiling {active} call(s)"):
-        result = profile_cell(eng, clips, batch, out_dir, active=active, name=name)
-    result.update(model=model, engine=engine, dtype=dtype, device=device, clip_length_s=length, batch_size=batch,
-                  weights=eng.info().get("weights"), threads=threads or usable_cores())
-    summary = Path(out_dir) / f"{name}.json"
-    summary.write_text(json.dumps(result, indent=1, default=str))
-    t = Table(title=escape(f"op categories (self time): {model}, {engine} {dtype}, {device}, {length:g} s, batch {batch}"))
-    for col in ("category", "ms per call", "share"):
-        t.add_column(col)
-    for row in result["op_categories"]:
-        t.add_row(escape(row["category"]), f"{1000 * row['self_s'] / result['profiled_calls']:,.1f}",
-                  f"{100 * row['share']:.1f}%")
-    out.print(t)
-    s = Table(title="stages (host time per call; encoder/decoder are inside model)")
-    s.add_column("stage"), s.add_column("ms per call")
-    for stage, sec in result["stages"].items():
-        s.add_row(escape(stage), f"{1000 * sec:,.1f}")
-    out.print(s)
-    if result.get("uncategorised_top"):
-        names = ", ".join(f"{o['name']}" for o in result["uncategorised_top"][:5])
-        out.print(f"uncategorised ('other') ops: {names}", markup=False)
-    out.print(f"profiled latency per call: {1000 * result['profiled_latency_s']:,.1f} ms over {result['profiled_calls']} "
-              f"call(s); trace: {result['trace_path']}; summary: {summary}", markup=False)
+    if active < 1:
+        raise ConfigError(f"--active: {active} must be >= 1 (profiled calls)")
+    cfg = _build_config(None, [model], str(length), str(batch), [device], str(threads), max(batch, 1), store,
+                        cache_dir, None, None, None, None, None, None, None, weights, dtype)
+    cfg = dataclasses.replace(
+        cfg, models=tuple(dataclasses.replace(m, engine=engine) for m in cfg.models), scenarios=("profile",),
+        accuracy=False, energy=False, timing=dataclasses.replace(cfg.timing, min_calls=active, max_calls=max(active, 50)),
+    ).validate()
+    with console.status("profile: preparing clips, loading the model, profiling") as status:
+        summary = run_cells(cfg, on_cell=lambda cell, state, i, n: status.update(escape(f"profile: {state}"[:100])))
+    _print_report(summary.store, summary.run_id, "table", scenarios=("profile",))
+    if summary.failed:
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -358,7 +340,7 @@ def optimize(
     """Try the variants that apply here; keep the fastest within the WER budget; write it as a config."""
     from rich.table import Table as RichTable
 
-    from asrperf.optimize import TRIAL_COLUMNS, optimize as run_optimize, trials_table, write_winner
+    from asrperf.run.optimize import TRIAL_COLUMNS, optimize as run_optimize, trials_table, write_winner
 
     if wer_budget < 0:
         raise ConfigError(f"--wer-budget: {wer_budget} must be >= 0 (absolute WER points)")
@@ -404,7 +386,7 @@ def doctor() -> None:
 
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback."""
-    from asrperf.engines.base import quiet_library_logs
+    from asrperf.run.runner import quiet_library_logs
 
     quiet_library_logs()
     try:

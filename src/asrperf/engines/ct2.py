@@ -26,23 +26,17 @@ import numpy as np
 
 from asrperf.cache import build_once
 from asrperf.engines.base import GREEDY_DECODING, Engine, LoadedWeights, ModelSpec, Transcription, cpu_threads
+from asrperf.engines.capabilities import CT2_COMPUTE_TYPES
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
+from asrperf.engines.ct2_format import WHISPER_SPEC_NAME
 from asrperf.engines.windows import WINDOW_SAMPLES
 from asrperf.errors import ModelError, require
 
-# asrperf dtype -> CTranslate2 compute type. The int8 variants quantize the weights at load time
-# (int8 matmuls, activations in the named float type); they exist only for this engine.
-COMPUTE_TYPES = {
-    "fp32": "float32",
-    "fp16": "float16",
-    "bf16": "bfloat16",
-    "int8": "int8",
-    "int8_float32": "int8_float32",
-    "int8_float16": "int8_float16",
-    "int8_bfloat16": "int8_bfloat16",
-}
-CONVERTER_VERSION = 1  # bump when the conversion below changes, so cached conversions are redone
-WHISPER_SPEC_NAME = "WhisperSpec"  # the spec name CTranslate2 writes into a Whisper model.bin
+# asrperf dtype -> CTranslate2 compute type (declared with the engine's capabilities)
+COMPUTE_TYPES = CT2_COMPUTE_TYPES
+# bump when the transformers -> CTranslate2 conversion below changes, so cached conversions are redone
+# (ct2_import.IMPORT_VERSION is the other direction's)
+EXPORT_VERSION = 1
 # Files faster-whisper reads next to model.bin: the tokenizer (it would fetch one from the Hub
 # otherwise) and the feature extractor settings (n_mels, chunk length).
 SIDE_FILES = ("tokenizer.json", "preprocessor_config.json")
@@ -92,7 +86,7 @@ def _reject_non_whisper(name: str, family: str) -> None:
 
 def _conversion_key(checkpoint: Path, ct2_version: str) -> str:
     """Short hash of what decides a conversion: the checkpoint's files, CTranslate2, this code."""
-    parts = [str(checkpoint.resolve()), ct2_version, str(CONVERTER_VERSION)]
+    parts = [str(checkpoint.resolve()), ct2_version, str(EXPORT_VERSION)]
     for file in sorted(checkpoint.iterdir()):
         if file.is_file():
             st = file.stat()
@@ -196,8 +190,8 @@ class CTranslate2Engine(Engine):
             device=device,
             cpu_threads=threads,
             decoding=GREEDY_DECODING,
-            tokens_policy="real (the model's own end-of-text)",
         )
+        self._set_token_policy("real", "real (the model's own end-of-text)")
 
     @staticmethod
     def _check_compute_type(ct2: Any, dtype: str, kind: str, index: int) -> str:

@@ -30,6 +30,7 @@ from asrperf.errors import ModelError
 CT2_MAX_BINARY_VERSION = 6  # CURRENT_BINARY_VERSION in model_spec.py at the time of writing
 # DataType enum order in CTranslate2's include/ctranslate2/types.h (mirrored by _dtype_to_type_id).
 # bfloat16 has no numpy dtype: it is read as uint16 and widened to float32 by _bfloat16_to_float32.
+WHISPER_SPEC_NAME = "WhisperSpec"  # the spec name CTranslate2 writes into a Whisper model.bin
 _CT2_DTYPES: dict[int, str] = {0: "float32", 1: "int8", 2: "int16", 3: "int32", 4: "float16", 5: "bfloat16"}
 # Binary versions 1-3 stored only the item width; Model::load maps it back like this.
 _CT2_LEGACY_WIDTHS: dict[int, str] = {4: "float32", 2: "int16", 1: "int8"}

@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from asrperf.cache import build_once
-from asrperf.engines.ct2_format import read_ct2_model  # noqa: F401  (part of this module's API)
+from asrperf.engines.ct2_format import WHISPER_SPEC_NAME, read_ct2_model  # noqa: F401  (part of this module's API)
 from asrperf.errors import ModelError, require
 
 if TYPE_CHECKING:  # transformers is imported lazily: reading model.bin needs only numpy
     from transformers import GenerationConfig, WhisperConfig, WhisperTokenizer
 
-CONVERTER_VERSION = 1  # bump whenever the written checkpoint changes, so cached conversions are redone
-
-WHISPER_SPEC_NAME = "WhisperSpec"
+# bump whenever the written transformers checkpoint changes, so cached imports are redone
+# (ct2.EXPORT_VERSION is the other direction's)
+IMPORT_VERSION = 1
 WHISPER_MAX_SPEC_REVISION = 3  # WhisperModel::current_spec_revision() in src/models/whisper.cc
 
 
@@ -410,7 +410,7 @@ def bundled_tiny_en_dir() -> Path:
 def _cache_key(ct2_dir: Path) -> str:
     """Short hash of what decides the output: the weights file (size, mtime) and this converter's version."""
     stat = (ct2_dir / "model.bin").stat()
-    text = f"{stat.st_size}:{stat.st_mtime_ns}:{CONVERTER_VERSION}"
+    text = f"{stat.st_size}:{stat.st_mtime_ns}:{IMPORT_VERSION}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from asrperf.config import VariantOptions
+from asrperf.options import VariantOptions
 from asrperf.data.audio import SAMPLE_RATE
 from asrperf.engines.base import GREEDY_DECODING, Engine, LoadedWeights, ModelSpec, Transcription
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE, TRANSDUCER_CLASSES

@@ -13,7 +13,7 @@ import importlib.util
 import warnings
 from typing import Any
 
-from asrperf.config import VariantOptions
+from asrperf.options import VariantOptions
 from asrperf.errors import ConfigError, require
 
 # The dynamo counters read to count compiled graphs, and the timer read for compile time (seconds

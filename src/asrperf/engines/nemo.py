@@ -79,8 +79,8 @@ class NemoEngine(Engine):
             "device": str(self.device),
             "decoding": f"NeMo '{strategy}' decoding, as the checkpoint's config sets it",
             "longform": "none (the whole clip in one encoder pass)",
-            "tokens_policy": "real (labels the decoder emitted)",
         }
+        self._set_token_policy("real", "real (labels the decoder emitted)")
 
     def _decoding_cfg(self) -> Any:
         cfg = self.model.cfg

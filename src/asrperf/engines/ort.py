@@ -129,8 +129,8 @@ class OnnxRuntimeEngine(Engine):
             export_method=EXPORT_METHOD + (INT8_METHOD if dtype == "int8" else ""),
             decoding="greedy CTC (argmax)",
             longform="none needed (CTC over the whole clip)",
-            tokens_policy="n/a (CTC)",
         )
+        self._set_token_policy("n/a", "n/a (CTC)")
 
     def _load_whisper(self, ort: Any, inner: Any, spec: ModelSpec, dtype: str, providers: list[Any]) -> None:
         from asrperf.engines import ort_whisper
@@ -275,7 +275,7 @@ class OnnxRuntimeEngine(Engine):
     def info(self) -> dict[str, Any]:
         info = super().info()
         if self._whisper is not None:  # set per call: long-form or not, real or fixed token counts
-            info.update({k: v for k, v in self._whisper.info().items() if k in ("longform", "tokens_policy")})
+            info.update({k: v for k, v in self._whisper.info().items() if k in ("longform", "token_policy", "tokens_policy")})
         return info
 
     def loaded_weights(self) -> LoadedWeights:

@@ -1,4 +1,5 @@
-"""Engines by name. A plain dict of import paths: an engine module is imported only when chosen."""
+"""Engines by name: each engine's light declaration (engines/capabilities.py) names the module
+that implements it, imported only when the engine is chosen."""
 
 from __future__ import annotations
 
@@ -6,33 +7,17 @@ import importlib
 from pathlib import Path
 
 from asrperf.engines.base import Engine
-from asrperf.errors import ConfigError
+from asrperf.engines.capabilities import ENGINES, declaration
 
-ENGINES: dict[str, str] = {
-    "transformers": "asrperf.engines.hf:TransformersEngine",
-    "ct2": "asrperf.engines.ct2:CTranslate2Engine",
-    "ort": "asrperf.engines.ort:OnnxRuntimeEngine",
-    "nemo": "asrperf.engines.nemo:NemoEngine",
-}
-# model families each engine runs ("whisper": encoder-decoder, "ctc", "transducer": RNN-T/TDT);
-# checked before any load
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "transformers": ("whisper", "ctc", "transducer"),
-    "ct2": ("whisper",),
-    "ort": ("whisper", "ctc"),
-    "nemo": ("nemo",),  # a .nemo checkpoint (CTC, RNNT, TDT or hybrid inside)
-}
+__all__ = ["ENGINES", "create", "supports"]
 
 
 def supports(engine: str, family: str) -> bool:
     """Whether `engine` runs models of `family`; an unknown family ("", a Hub id not yet read) may run."""
-    return not family or family in FAMILIES.get(engine, ())
+    return engine in ENGINES and ENGINES[engine].runs(family)
 
 
 def create(name: str, cache_dir: str | Path) -> Engine:
     """Instantiate engine `name`; its heavy dependencies load in `Engine.load`, not here."""
-    try:
-        module, cls = ENGINES[name].split(":")
-    except KeyError:
-        raise ConfigError(f"unknown engine '{name}'; known: {', '.join(ENGINES)}") from None
+    module, cls = declaration(name).target.split(":")
     return getattr(importlib.import_module(module), cls)(cache_dir=cache_dir)

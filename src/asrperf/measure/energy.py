@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from asrperf.errors import ConfigError
+from asrperf.errors import ConfigError, MeasurementError
 
 RAPL_ROOT = Path("/sys/class/powercap")
 
@@ -139,7 +139,7 @@ class RaplReader:
         if self._zones is None:
             ok = self.available()
             if not ok:
-                raise ConfigError(f"energy reader rapl is not available: {ok.reason}")
+                raise MeasurementError(f"energy reader rapl is not available: {ok.reason}")
         assert self._zones is not None
         return self._zones
 
@@ -236,7 +236,7 @@ class NvmlReader:
         if self._mode is None:
             ok = self.available()
             if not ok:
-                raise ConfigError(f"energy reader {self.name} is not available: {ok.reason}")
+                raise MeasurementError(f"energy reader {self.name} is not available: {ok.reason}")
         assert self._mode is not None
         return self._mode
 
@@ -399,11 +399,11 @@ class EnergyResult:
 
 def _check_available(readers: Sequence[EnergyReader]) -> None:
     if not readers:
-        raise ConfigError("measure_energy: no readers; use default_readers() for this machine")
+        raise MeasurementError("measure_energy: no readers; use default_readers() for this machine")
     for r in readers:
         ok = r.available()
         if not ok:
-            raise ConfigError(f"energy reader {r.name} is not available: {ok.reason}; "
+            raise MeasurementError(f"energy reader {r.name} is not available: {ok.reason}; "
                               f"use default_readers() to fall back to a labelled estimate")
 
 
@@ -411,7 +411,7 @@ def idle_power_w(reader: EnergyReader, seconds: float) -> float:
     """Mean power in watts of `reader`'s domains over `seconds` of sleep (call it just before a window)."""
     _check_available([reader])
     if seconds < reader.min_window_s:
-        raise ConfigError(f"idle window {seconds} s is shorter than {reader.name}'s min_window_s "
+        raise MeasurementError(f"idle window {seconds} s is shorter than {reader.name}'s min_window_s "
                           f"{reader.min_window_s} s; measure idle for at least that long")
     reader.start()
     t0 = time.perf_counter()
@@ -444,7 +444,7 @@ class EnergyMeter:
         for r in reversed(self.readers):
             for domain, joules in r.stop().items():
                 if domain in domains:
-                    raise ConfigError(f"energy domain {domain} is read twice (reader {r.name}); "
+                    raise MeasurementError(f"energy domain {domain} is read twice (reader {r.name}); "
                                       f"pass each device's reader once")
                 domains[domain] = joules
         self.result = EnergyResult(
@@ -480,7 +480,18 @@ def default_readers(gpu_indices: Sequence[int] = ()) -> list[EnergyReader]:
         gpu = NvmlReader(i)
         gpu_ok = gpu.available()
         if not gpu_ok:
-            raise ConfigError(f"energy reader {gpu.name} is not available: {gpu_ok.reason}; "
-                              f"or measure CPU energy only by passing no GPU indices")
+            raise MeasurementError(f"energy reader {gpu.name} is not available: {gpu_ok.reason}; "
+                                   f"or measure CPU energy only by passing no GPU indices")
         readers.append(gpu)
     return readers
+
+
+def cell_readers(device: str, enabled: bool) -> tuple[list[EnergyReader], str | None]:
+    """The energy readers for a cell on `device`, or none with the reason energy is missing."""
+    if not enabled:
+        return [], "energy off (energy = false)"
+    gpus = [] if device == "cpu" else [int(device.partition(":")[2] or 0)]
+    try:
+        return default_readers(gpus), None
+    except MeasurementError as exc:  # e.g. a GPU without readable NVML: missing, never a CPU-only number
+        return [], str(exc)

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asrperf.engines.base import LoadedWeights
 from asrperf.measure.energy import Availability, open_nvml
 
 PROC_STATUS = Path("/proc/self/status")
@@ -331,6 +330,15 @@ def memory_meter(device: str, torch_allocator: bool, runtime: str, period_s: flo
 # --- weights ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class LoadedWeights:
+    """What holds a loaded model's weights, as an engine reports it, so they can be sized."""
+
+    module: Any = None  # a torch.nn.Module: its parameters and buffers, as they sit in memory
+    files: tuple[Path, ...] = ()  # the model files a runtime loaded, when its in-memory copy is out of sight
+    note: str = ""  # how those files relate to what is in memory (stored vs compute precision)
+
+
+@dataclass(frozen=True)
 class WeightsSize:
     """Bytes of a model's weights, per dtype, and what was measured (in memory or on disk)."""
 
@@ -338,9 +346,11 @@ class WeightsSize:
     by_dtype: dict[str, int] = field(default_factory=dict)  # "float32" -> bytes; files: "file:model.bin"
     method: str = ""
 
+    kind: str = "in_memory"  # or "file_size": a runtime's model files on disk
+
     def to_row(self) -> dict[str, Any]:
         return {"weights_bytes": self.total_bytes, "weights_bytes_by_dtype": self.by_dtype,
-                "weights_bytes_method": self.method}
+                "weights_bytes_method": self.method, "weights_bytes_kind": self.kind}
 
 
 def module_weights(module: Any) -> WeightsSize:
@@ -370,7 +380,7 @@ def file_weights(files: tuple[Path, ...], note: str = "") -> WeightsSize:
     """Total size of model files on disk: what a runtime loaded, not its in-memory copy."""
     sizes = {f"file:{Path(f).name}": Path(f).stat().st_size for f in files}
     method = "model file size on disk, not the runtime's in-memory copy" + (f" ({note})" if note else "")
-    return WeightsSize(sum(sizes.values()), sizes, method)
+    return WeightsSize(sum(sizes.values()), sizes, method, kind="file_size")
 
 
 def weights_fields(weights: LoadedWeights | None, runtime: str) -> dict[str, Any]:

@@ -120,6 +120,20 @@ def unpaired_wer_delta(
     return _delta(base, variant, base[idx_b], variant[idx_v], False, n_boot)
 
 
+def transcripts_delta(base: Sequence[dict], variant: Sequence[dict]) -> WerDelta:
+    """WER/CER change from the `base` transcripts to the `variant` ones ([{clip, ref, hyp}], as rows
+    store them): paired by clip when both scored the same clips with the same references, else
+    unpaired (independent resamples; `paired` says which). The accuracy gate and `compare` both
+    use it, so a variant's delta and a run-to-run delta are the same computation."""
+    a = {t["clip"]: (t.get("ref") or "", t.get("hyp") or "") for t in base}
+    b = {t["clip"]: (t.get("ref") or "", t.get("hyp") or "") for t in variant}
+    if a.keys() == b.keys() and all(a[c][0] == b[c][0] for c in a):
+        clips = list(a)
+        return paired_wer_delta([a[c][0] for c in clips], [a[c][1] for c in clips], [b[c][1] for c in clips])
+    return unpaired_wer_delta([r for r, _ in a.values()], [h for _, h in a.values()],
+                              [r for r, _ in b.values()], [h for _, h in b.values()])
+
+
 @dataclass(frozen=True)
 class RatioCI:
     """statistic(b) / statistic(a) with a 95% percentile-bootstrap CI and a Mann–Whitney U p-value."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from asrperf.errors import ConfigError
-from asrperf.measure.paired import WerDelta, paired_wer_delta, ratio_of_means_ci, ratio_of_medians_ci, unpaired_wer_delta
+from asrperf.measure.paired import WerDelta, ratio_of_means_ci, ratio_of_medians_ci, transcripts_delta
 from asrperf.measure.stats import BOOTSTRAP_RESAMPLES
 from asrperf.report.tables import MISSING
 
@@ -165,12 +165,9 @@ def _load(ref: RunRef) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, 
     return env, rows, samples
 
 
-_FALLBACK = {"model_name": "model", "weights_requested": "weights"}  # for rows written before these keys existed
-
-
 def identity(row: dict[str, Any]) -> tuple:
     """The cell's IDENTITY values; nested ones (a variant given as a table) as canonical JSON."""
-    values = [row.get(k, row.get(_FALLBACK.get(k, ""))) for k in IDENTITY]
+    values = [row.get(k) for k in IDENTITY]
     return tuple(json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for v in values)
 
 
@@ -230,14 +227,10 @@ def _accuracy(ra: dict, rb: dict, threshold: float, notes: list[str]) -> list[Me
         why = r.get("wer_missing_reason") or "no transcripts stored"
         return [MetricChange("WER", "fraction", ra.get("wer"), rb.get("wer"), "delta", None, None, None,
                              f"missing: {'A' if ta is None else 'B'}: {why}", "")]
-    same = ta.keys() == tb.keys() and all(ta[c][0] == tb[c][0] for c in ta)
-    if same:
-        clips = list(ta)
-        d: WerDelta = paired_wer_delta([ta[c][0] for c in clips], [ta[c][1] for c in clips], [tb[c][1] for c in clips])
+    d: WerDelta = transcripts_delta(ra["transcripts"], rb["transcripts"])
+    if d.paired:
         how = f"paired over {d.n_utts} clips: {d.n_worse} worse, {d.n_better} better"
     else:
-        d = unpaired_wer_delta([r for r, _ in ta.values()], [h for _, h in ta.values()],
-                               [r for r, _ in tb.values()], [h for _, h in tb.values()])
         shared = len(set(ta) & set(tb))
         how = f"UNPAIRED: the clips differ (A {len(ta)}, B {len(tb)}, {shared} with the same id and text)"
         notes.append(f"WER/CER compared unpaired: the runs scored different clips ({how.split(': ', 1)[1]})")

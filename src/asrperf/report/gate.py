@@ -1,8 +1,9 @@
 """The accuracy gate: every variant's WER change against the fp32 reference on the same clips.
 
 A row's reference is the baseline of the same checkpoint (same model name and weights) measured
-on the same clips (clip length, device, batch size, threads): the transformers engine in fp32 with
-no optimization options, else the same engine in fp32. Deltas are paired by clip id, so the CI
+on the same clips (clip length, device, batch size, threads): fp32 with no optimization options on
+an engine whose declaration makes it the accuracy reference (the row's `accuracy_reference`: the
+transformers engine), else the same engine in fp32. Deltas are paired by clip id, so the CI
 reflects per-utterance changes, not the spread of the corpus.
 """
 
@@ -10,9 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
-REFERENCE_ENGINES = ("transformers",)  # preferred reference engine, then the row's own
-
 
 @dataclass(frozen=True)
 class GateResult:
@@ -41,11 +39,9 @@ def _same_clips(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def reference_row(row: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The fp32 baseline that `row` is judged against, or None when the run has none."""
     candidates = [r for r in rows if r.get("status") == "ok" and is_baseline(r) and _same_clips(r, row)]
-    for engine in (*REFERENCE_ENGINES, row.get("engine")):
-        for r in candidates:
-            if r.get("engine") == engine:
-                return r
-    return None
+    preferred = [r for r in candidates if r.get("accuracy_reference")]
+    same_engine = [r for r in candidates if r.get("engine") == row.get("engine")]
+    return (preferred or same_engine or [None])[0]
 
 
 def gate(row: dict[str, Any], rows: list[dict[str, Any]]) -> GateResult | None:
@@ -59,14 +55,10 @@ def gate(row: dict[str, Any], rows: list[dict[str, Any]]) -> GateResult | None:
     if ref is None or ref.get("wer") is None:
         return GateResult("", None, None, None, None, 0, False,
                           reason="no fp32 reference of this checkpoint on the same clips in this run")
-    from asrperf.measure.paired import paired_wer_delta
+    from asrperf.measure.paired import transcripts_delta
 
-    base = {t["clip"]: t for t in ref.get("transcripts", [])}
-    var = {t["clip"]: t for t in row.get("transcripts", [])}
-    clips = [c for c in var if c in base]
-    if not clips or len(clips) != len(var):
-        return GateResult(ref["cell_key"], row["wer"] - ref["wer"], None, None, None, len(var), False,
-                          reason="clips differ from the reference's: unpaired difference, no CI")
-    d = paired_wer_delta([base[c]["ref"] or "" for c in clips], [base[c]["hyp"] for c in clips],
-                         [var[c]["hyp"] for c in clips])
+    d = transcripts_delta(ref.get("transcripts") or [], row.get("transcripts") or [])
+    if not d.paired:
+        return GateResult(ref["cell_key"], row["wer"] - ref["wer"], None, None, None, len(row.get("transcripts") or []),
+                          False, reason="clips differ from the reference's: unpaired difference, no CI")
     return GateResult(ref["cell_key"], d.delta, d.ci_low, d.ci_high, d.n_worse, d.n_utts, True)

@@ -300,16 +300,8 @@ def wer_vs_latency(rows: list[dict[str, Any]]) -> list[Plot]:
 
 
 def _stage_bars(row: dict[str, Any]) -> list[tuple[str, float, bool]]:
-    """(stage, ms per call, nested) from either shape a profiled row carries.
-
-    The profile scenario stores [{stage, ms, share, nested}]; `profile_cell` itself returns
-    {stage: seconds per call} with `stage_order` naming the top-level stages.
-    """
-    stages = row.get("stages") or []
-    if isinstance(stages, dict):
-        top = row.get("stage_order") or list(stages)
-        return [(name, 1000 * sec, name not in top) for name, sec in stages.items()]
-    return [(s["stage"], s["ms"], bool(s.get("nested"))) for s in stages]
+    """(stage, ms per call, nested) of a profiled row (the profile scenario's [{stage, ms, share, nested}])."""
+    return [(s["stage"], s["ms"], bool(s.get("nested"))) for s in row.get("stages") or []]
 
 
 def _missing_reasons(rows: list[dict[str, Any]], *keys: str) -> str:

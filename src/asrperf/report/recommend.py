@@ -17,7 +17,7 @@ from typing import Any
 
 import tomllib
 
-from asrperf.config import _check_keys
+from asrperf.errors import check_keys
 from asrperf.errors import ConfigError
 from asrperf.report.tables import MISSING, Table, column_label
 
@@ -50,11 +50,11 @@ class Thresholds:
 
 def thresholds_from_dict(data: dict[str, Any], where: str = "thresholds") -> Thresholds:
     """Thresholds from a TOML-shaped dict holding one `[recommend]` table; unknown keys are errors."""
-    _check_keys(data, {"recommend"}, where)
+    check_keys(data, {"recommend"}, where)
     table = data.get("recommend", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: 'recommend' must be a table ([recommend])")
-    _check_keys(table, {f.name for f in dataclasses.fields(Thresholds)}, f"{where} [recommend]")
+    check_keys(table, {f.name for f in dataclasses.fields(Thresholds)}, f"{where} [recommend]")
     values = {}
     for key, value in table.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -106,14 +106,14 @@ def _wer_text(r: Row) -> str:
 def _short(r: Row) -> str:
     """A candidate within one scenario, whose clip length is fixed: column, batch, threads."""
     threads = f", {r['threads']} threads" if r.get("threads") is not None else ""
-    run = f", run {r['run_id']}" if r.get("_multi_run") else ""
+    run = f", run {r['run_id']}" if "_multi_run" in r else ""
     return f"{column_label(r)}, batch {_batch(r)}{threads}{run}"
 
 
 def _full(r: Row) -> str:
     return f"{column_label(r)}, {r['clip_length_s']:g} s, batch {_batch(r)}, {r['device']}" + (
         f", {r['threads']} threads" if r.get("threads") is not None else "") + (
-        f", run {r['run_id']}" if r.get("_multi_run") else "")
+        f", run {r['run_id']}" if "_multi_run" in r else "")
 
 
 def _batch(r: Row) -> int:
@@ -167,10 +167,9 @@ def _memory(r: Row, key: str) -> float | str:
     missing_key = next(m for k, _, m in _memory_fields(r["device"]) if k == key)
     if r.get(key) is None:
         return str(r.get(missing_key) or f"no {key} recorded")
-    if key in _WHOLE_CELL and (r.get("peak_method") or r.get("flops_per_call") is not None
-                               or "counter failed" in str(r.get("flops_missing_reason") or "")):
+    if key in _WHOLE_CELL and r.get("flops_probe_ran"):
         return "its peak includes the FLOP count and device-peak probe (flops = true); re-run with flops off"
-    if key == "cuda_peak_allocated_bytes" and "torch_version" not in r:
+    if key == "cuda_peak_allocated_bytes" and not r.get("runs_torch"):
         return f"engine {r['engine']} does not allocate through torch: its device memory is not visible"
     return r[key] / MIB
 

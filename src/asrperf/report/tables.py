@@ -6,14 +6,14 @@ Pure data in, rich tables out; no torch, no engine imports.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from asrperf.report.gate import gate, is_baseline
+from asrperf.results.env import SUMMARY_PACKAGES
 
 MISSING = "—"
-_TOKEN_POLICY_SHORT = {"real (the model's own end-of-text)": "real", "real (the model's own blanks and durations)": "real"}
 
 
 @dataclass
@@ -102,9 +102,14 @@ def _or_reason(r: dict[str, Any] | None, key: str, reasons: tuple[str, ...], fmt
 def _weights(r: dict[str, Any] | None) -> str:
     """Weights MiB; a file size (CTranslate2, ONNX Runtime) is labelled as one."""
     text = _or_reason(r, "weights_bytes", ("weights_missing_reason",), ",.1f", 1 / 2**20)
-    if r is not None and r.get("weights_bytes") is not None and "file size" in str(r.get("weights_bytes_method")):
+    if r is not None and r.get("weights_bytes") is not None and r.get("weights_bytes_kind") == "file_size":
         text += " (file size)"
     return text
+
+
+def _token_policy(r: Any) -> str | None:
+    """"real" when the model ended its own decoding; otherwise the policy in words (a fixed count)."""
+    return "real" if r.get("token_policy") == "real" else r.get("tokens_policy")
 
 
 def study_tables(rows: Iterable[dict[str, Any]]) -> list[Table]:
@@ -157,16 +162,16 @@ def _device_table(device: str, all_rows: list[dict[str, Any]]) -> Table:
     device_name = next((r.get("device_name") for r in ok if r.get("device_name")), device)
     t = Table(f"{device}: {device_name}", [_short_labels(columns)[c] for c in columns])
 
-    def first(col: str, key: str, short: dict[str, str] | None = None) -> str:
-        vals = sorted({str(r.get(key)) for r in ok if column_label(r) == col and r.get(key) is not None})
-        vals = [short.get(v, v) if short else v for v in vals]
+    def first(col: str, key: str | Callable[[Any], Any]) -> str:
+        get = key if callable(key) else (lambda r: r.get(key))
+        vals = sorted({str(get(r)) for r in ok if column_label(r) == col and get(r) is not None})
         return ", ".join(vals) if vals else MISSING
 
     t.rows.append(("engine", [first(c, "engine") for c in columns]))
     t.rows.append(("dtype", [first(c, "dtype") for c in columns]))
     t.rows.append(("weights", [first(c, "weights") for c in columns]))
     t.rows.append(("threads", [first(c, "threads") for c in columns]))
-    t.rows.append(("decoder tokens", [first(c, "tokens_policy", _TOKEN_POLICY_SHORT) for c in columns]))
+    t.rows.append(("decoder tokens", [first(c, _token_policy) for c in columns]))
     b1 = batches[0]
     t.rows.append(("timed calls per cell", [first(c, "n_calls") for c in columns]))
     if lengths:
@@ -284,8 +289,7 @@ def environment_lines(env: dict[str, Any], run_id: str) -> list[str]:
     """One line on where a run happened: CPU, cores, memory, GPUs, key package versions, commit."""
     pk = env.get("packages", {})
     gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')})" for g in env.get("gpus", [])) or "no GPU"
-    versions = ", ".join(f"{k} {v}" for k, v in pk.items() if v and k in ("torch", "transformers", "ctranslate2",
-                                                                            "faster-whisper", "onnxruntime"))
+    versions = ", ".join(f"{k} {v}" for k, v in pk.items() if v and k in SUMMARY_PACKAGES)
     mem = env.get("memory_bytes")
     return [f"run {run_id}: {env.get('cpu_model')}, {env.get('usable_cores')} usable cores, "
             f"{mem / 2**30:.1f} GiB" if mem else f"run {run_id}: {env.get('cpu_model')}",

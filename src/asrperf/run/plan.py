@@ -37,24 +37,17 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-SEARCHED_BATCH = 0  # batch_size of a max_throughput cell: the search chooses the batches
-ANALYSIS_SCENARIOS = ("profile", "decode")  # one batch size each: the smallest configured
-
-
 def expand(cfg: RunConfig) -> list[Cell]:
     """All cells, grouped by model so a run's table fills model by model; threads 0 = all usable cores.
 
-    A max_throughput cell has no batch axis: it searches batch sizes itself. The analysis
-    scenarios (profile, decode) run at the smallest configured batch only (1 by default): where
-    the time goes per call and per token, not how it scales with batch, which latency measures.
+    Each scenario says which batch sizes it has cells for (`Scenario.batch_sizes`): latency one per
+    configured size, max_throughput one searched cell, profile and decode the smallest size only.
     """
+    from asrperf.scenarios import SCENARIOS
+
     threads = sorted({t or usable_cores() for t in cfg.threads})
     cells = []
     for m, d, t, s in itertools.product(cfg.models, cfg.devices, threads, cfg.scenarios):
-        batches = cfg.batch_sizes
-        if s == "max_throughput":
-            batches = (SEARCHED_BATCH,)
-        elif s in ANALYSIS_SCENARIOS:
-            batches = (min(cfg.batch_sizes),)
+        batches = SCENARIOS[s].batch_sizes(cfg.batch_sizes)
         cells += [Cell(m, d, t, length, b, s) for b in batches for length in cfg.clip_lengths_s]
     return cells

@@ -1,28 +1,63 @@
-"""Run one cell: load the engine, measure, and return the row. Also the subprocess entry point.
+"""Run one cell: load the engine, build the meters, run the scenario, build the row. Also the
+subprocess entry point.
 
     python -m asrperf.run.worker PAYLOAD.json RESULT.json
 
-The payload names the cell, where its clips are cached and the timing policy; the result is the
-row plus raw timings. Anything that goes wrong becomes a failed row with a one-line reason.
+The payload (`CellPayload`) names the cell, where its clips are cached, the timing policy and the
+scenario settings; the result is the row (results/schema.py) plus the raw timings. Anything that
+goes wrong becomes a failed row with a one-line reason. Nothing here knows a scenario or an
+engine by name: the scenario comes from `SCENARIOS`, the engine from the registry.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 from asrperf.config import ModelConfig, TimingConfig
 from asrperf.data.clips import ClipCache
-from asrperf.engines.base import quiet_library_logs
+from asrperf.engines.base import TIMED_REGION, quiet_library_logs
 from asrperf.errors import AsrperfError
+from asrperf.run.plan import Cell
+from asrperf.scenarios.base import CellContext, Meters, ScenarioSettings
 
 # the fork server preloads this module before torch and transformers: quiet their import noise there
 quiet_library_logs()
+
+
+@dataclass(frozen=True)
+class CellPayload:
+    """What crosses the process boundary to measure one cell (JSON both ways)."""
+
+    cell: Cell
+    cache_dir: str
+    clip_key: str
+    n_clips: int
+    timing: TimingConfig
+    accuracy: bool  # score WER where the weights are real
+    isolated: bool
+    settings: ScenarioSettings
+    # modules outside asrperf that register scenarios or engines: imported first in the cell's process
+    plugins: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "CellPayload":
+        d = json.loads(text)
+        c = d["cell"]
+        cell = Cell(ModelConfig(**c.pop("model")), **c)
+        return cls(cell=cell, cache_dir=d["cache_dir"], clip_key=d["clip_key"], n_clips=d["n_clips"],
+                   timing=TimingConfig(**d["timing"]), accuracy=d["accuracy"], isolated=d["isolated"],
+                   settings=ScenarioSettings(**d["settings"]), plugins=tuple(d["plugins"]))
 
 
 def set_threads(threads: int) -> None:
@@ -39,9 +74,8 @@ def _device_facts(engine: Any, device: str) -> dict[str, Any]:
     from asrperf.results.env import cpu_model
 
     facts: dict[str, Any] = {}
-    info = engine.info() if engine is not None else {}
     torch = sys.modules.get("torch")
-    if torch is not None and "torch_version" in info:  # torch runs the model: its pool size matters
+    if torch is not None and engine is not None and engine.runs_torch:  # torch runs the model: its pool size matters
         facts["torch_threads"] = torch.get_num_threads()
     if device.startswith("cuda") and torch is not None and torch.cuda.is_available():
         index = torch.device(device).index or 0
@@ -56,101 +90,94 @@ def _device_facts(engine: Any, device: str) -> dict[str, Any]:
     return facts
 
 
-def energy_readers(device: str, enabled: bool) -> tuple[list[Any], str | None]:
-    """The energy readers for a cell on `device`, or none with the reason energy is missing."""
-    if not enabled:
-        return [], "energy off (energy = false)"
-    from asrperf.errors import ConfigError
-    from asrperf.measure.energy import default_readers
+def _meters(wanted: tuple[str, ...], device: str, settings: ScenarioSettings, engine: Any) -> Meters:
+    """The measurers a scenario asked for, built for this cell's device and engine."""
+    meters = Meters()
+    if "energy" in wanted:
+        from asrperf.measure.energy import cell_readers
 
-    gpus = [] if device == "cpu" else [int(device.partition(":")[2] or 0)]
-    try:
-        return default_readers(gpus), None
-    except ConfigError as exc:  # e.g. a GPU without readable NVML: missing, never a CPU-only number
-        return [], str(exc)
-
-
-def peak_rss_bytes() -> int:
-    """The process's peak RSS so far (measure/memory.py: VmHWM, never the parent's ru_maxrss)."""
-    from asrperf.measure.memory import process_hwm_bytes
-
-    return process_hwm_bytes()[0]
-
-
-def execute(payload: dict[str, Any]) -> dict[str, Any]:
-    """Measure the cell described by `payload`; never raises (a failure is a row)."""
-    from asrperf.engines.catalog import resolve
-    from asrperf.engines.registry import create
-    from asrperf.scenarios.latency import flops_fields, run_latency
-
-    cell = payload["cell"]
-    set_threads(cell["threads"])
-    model = ModelConfig(**cell["model"])
-    row: dict[str, Any] = {
-        "engine": model.engine, "model": model.display, "model_name": model.name, "weights_requested": model.weights,
-        "dtype": model.dtype, "variant": model.variant, "device": cell["device"], "threads": cell["threads"],
-        "clip_length_s": cell["clip_length_s"], "batch_size": cell["batch_size"], "scenario": cell["scenario"],
-        "isolated": payload.get("isolated", False),
-    }
-    engine = None
-    try:
-        clips = ClipCache(payload["cache_dir"]).load(payload["clip_key"], payload["n_clips"])
-        if clips is None:
-            raise AsrperfError(f"clips {payload['clip_key']} are not in the cache; run `asrperf prepare` first")
-        spec = dataclasses.replace(resolve(model.name), options=model.options)
-        engine = create(model.engine, payload["cache_dir"])
-        t0 = time.perf_counter()
-        engine.load(spec, model.weights, model.dtype, cell["device"])
-        row["load_s"] = time.perf_counter() - t0
-        set_threads(cell["threads"])  # torch may have been imported by the load itself
-        row["rss_after_load_bytes"] = peak_rss_bytes()
-        from asrperf.measure.memory import memory_meter, weights_fields
-
-        row.update(weights_fields(engine.loaded_weights(), engine.name))
-        info = engine.info()
-        # WER exists only for real weights: random outputs are noise, never a number to compare
-        score = payload["score"] and info.get("weights") == "real"
-        if cell["scenario"] == "max_throughput":
-            row.update(engine.info())
-            row.update(_max_throughput(engine, clips, cell["device"], TimingConfig(**payload["timing"]), payload))
-            row.update(status="ok", timed_region=list(payload["timed_region"]), n_clips=len(clips),
-                       timing_policy=payload["timing"])
-            return _finish(row, engine, cell)
-        if cell["scenario"] in ("profile", "decode"):
-            row.update(_analysis(engine, clips, cell, model.dtype, TimingConfig(**payload["timing"]), payload))
-            row.update(engine.info())
-            row.update(status="ok", timed_region=list(payload["timed_region"]), n_clips=len(clips),
-                       timing_policy=payload["timing"])
-            return _finish(row, engine, cell)
-        readers, energy_missing = energy_readers(cell["device"], payload.get("energy", True))
+        meters.energy_readers, meters.energy_missing_reason = cell_readers(device, settings.energy)
         # idle power only means something for real counters (the estimate has no idle draw), and
         # its window must be at least as long as each counter's update period
-        measured = [r for r in readers if r.method.startswith("measured")]
-        idle_s = max([payload.get("energy_idle_s", 0.0)] + [r.min_window_s for r in measured]) if measured else 0.0
-        memory = memory_meter(cell["device"], engine.runs_torch, engine.name)
-        metrics, timed = run_latency(engine, clips, cell["batch_size"], TimingConfig(**payload["timing"]), score,
-                                     readers, idle_s, memory=memory)
-        if energy_missing:
-            row.update(energy_j=None, energy_missing_reason=energy_missing)
-        if payload.get("flops"):
-            peak = _peak(cell["device"], model.dtype, engine)
-            row.update(peak)
-            row.update(flops_fields(engine, clips, cell["batch_size"], metrics["latency_s_p50"],
-                                    peak.get("peak_matmul_flops_per_s")))
-        row.update(engine.info())  # after the calls: long-form and token policy are known now
-        row.update(metrics)
-        if row.get("compiled_graphs_per_call") is not None:  # torch.compile: did a timed call compile?
-            first = metrics["warmup_calls"]
-            row["recompilations_timed"] = sum(row["compiled_graphs_per_call"][first:first + metrics["n_calls"]])
-        if not score:
-            row["wer"] = None
-            row["wer_missing_reason"] = ("random weights: outputs are not speech recognition"
-                                         if info.get("weights") != "real" else "accuracy off (loop clips or accuracy=false)")
-        row.update(
-            status="ok", timed_region=list(payload["timed_region"]), n_clips=len(clips),
-            clip_ids=[c.id for c in clips], speech_s_mean=sum(c.speech_s for c in clips) / len(clips),
-            timing_policy=payload["timing"], warmup_s=timed.warmup_s, samples_s=timed.samples_s,
+        measured = [r for r in meters.energy_readers if r.method.startswith("measured")]
+        meters.energy_idle_s = max([settings.energy_idle_s] + [r.min_window_s for r in measured]) if measured else 0.0
+    if "memory" in wanted:
+        from asrperf.measure.memory import memory_meter
+
+        meters.memory = memory_meter(device, engine.runs_torch, engine.name)
+    return meters
+
+
+def identity_fields(cell: Cell, isolated: bool) -> dict[str, Any]:
+    m = cell.model
+    return {"engine": m.engine, "model": m.display, "model_name": m.name, "weights_requested": m.weights,
+            "dtype": m.dtype, "variant": m.variant, "device": cell.device, "threads": cell.threads,
+            "clip_length_s": cell.clip_length_s, "batch_size": cell.batch_size, "scenario": cell.scenario,
+            "isolated": isolated}
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """A measured cell: its flat row (validated when committed) and the raw per-call seconds."""
+
+    row: dict[str, Any]
+    warmup_s: list[float] = dataclasses.field(default_factory=list)
+    samples_s: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.row.get("status") == "ok"
+
+
+def execute(payload: CellPayload) -> CellResult:
+    """Measure the cell described by `payload`; never raises (a failure is a row)."""
+    from asrperf.engines.capabilities import declaration
+    from asrperf.engines.catalog import resolve
+    from asrperf.engines.registry import create
+    from asrperf.measure.memory import process_hwm_bytes, weights_fields
+    from asrperf.results.schema import engine_fields
+    from asrperf.scenarios import SCENARIOS
+
+    cell = payload.cell
+    set_threads(cell.threads)
+    row: dict[str, Any] = identity_fields(cell, payload.isolated)
+    engine, ctx = None, None
+    try:
+        for module in payload.plugins:
+            importlib.import_module(module)
+        scenario = SCENARIOS[cell.scenario]
+        clips = ClipCache(payload.cache_dir).load(payload.clip_key, payload.n_clips)
+        if clips is None:
+            raise AsrperfError(f"clips {payload.clip_key} are not in the cache; run `asrperf prepare` first")
+        spec = dataclasses.replace(resolve(cell.model.name), options=cell.model.options)
+        engine = create(cell.model.engine, payload.cache_dir)
+        t0 = time.perf_counter()
+        engine.load(spec, cell.model.weights, cell.model.dtype, cell.device)
+        row["load_s"] = time.perf_counter() - t0
+        set_threads(cell.threads)  # torch may have been imported by the load itself
+        row["rss_after_load_bytes"] = process_hwm_bytes()[0]
+        row.update(weights_fields(engine.loaded_weights(), engine.name))
+        real = engine.info().get("weights") == "real"
+        # WER exists only for real weights: random outputs are noise, never a number to compare
+        score = payload.accuracy and real
+        why_not = None if score else ("random weights: outputs are not speech recognition" if not real
+                                      else "accuracy off (loop clips or accuracy=false)")
+        ctx = CellContext(
+            engine=engine, clips=clips, device=cell.device, dtype=cell.model.dtype,
+            clip_length_s=cell.clip_length_s, batch_size=cell.batch_size, timing=payload.timing, score=score,
+            score_missing_reason=why_not, settings=payload.settings, trace_name=_file_name(cell.key),
+            meters=_meters(scenario.meters, cell.device, payload.settings, engine),
         )
+        fields = scenario.run(ctx)
+        # after the calls: long-form and token policy are known now
+        row.update(engine_fields(engine.info()), runs_torch=engine.runs_torch,
+                   accuracy_reference=declaration(cell.model.engine).accuracy_reference)
+        row.update(fields)
+        if scenario.scores_accuracy and not score:
+            row.update(wer=None, wer_missing_reason=why_not)
+        row.update(status="ok", timed_region=list(TIMED_REGION), n_clips=len(clips),
+                   clip_ids=[c.id for c in clips], speech_s_mean=sum(c.speech_s for c in clips) / len(clips),
+                   timing_policy=dataclasses.asdict(payload.timing))
     except AsrperfError as exc:
         row.update(status="failed", error=str(exc))
     except MemoryError:
@@ -158,71 +185,32 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # a crashing cell is recorded, the run goes on
         last = traceback.extract_tb(exc.__traceback__)[-1]
         row.update(status="failed", error=f"{type(exc).__name__}: {exc} (at {last.filename}:{last.lineno})".replace("\n", " "))
-    return _finish(row, engine, cell)
+    _finish(row, engine, cell)
+    if ctx is None or row["status"] != "ok":
+        return CellResult(row)
+    return CellResult(row, list(ctx.warmup_s), list(ctx.samples_s))
 
 
-def _peak(device: str, dtype: str, engine: Any) -> dict[str, Any]:
-    """The device's measured matmul and copy peaks in the cell's dtype (torch engines only)."""
-    if not engine.runs_torch or dtype not in ("fp32", "fp16", "bf16"):
-        return {}
-    from asrperf.measure.peak import measure_peak
-
-    p = measure_peak(device, dtype)
-    return {"peak_matmul_flops_per_s": p.matmul_flops_per_s, "peak_copy_bytes_per_s": p.copy_bytes_per_s,
-            "peak_method": p.method}
+def _file_name(key: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in key)
 
 
-def _analysis(engine: Any, clips: list, cell: dict[str, Any], dtype: str, timing: TimingConfig,
-              payload: dict[str, Any]) -> dict[str, Any]:
-    """The profile scenario (op categories, stages, trace, roofline) or the decode scenario."""
-    if cell["scenario"] == "profile":
-        from asrperf.scenarios.profile import run_profile
-
-        peak = _peak(cell["device"], dtype, engine)
-        name = "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in payload["cell_key"])
-        return {**peak, **run_profile(engine, clips, cell["batch_size"], payload["trace_dir"], name,
-                                      max(1, timing.min_calls), peak.get("peak_matmul_flops_per_s"),
-                                      peak.get("peak_copy_bytes_per_s"))}
-    from asrperf.scenarios.decode import run_decode
-
-    curve_at = payload.get("decode_curve_length_s", cell["clip_length_s"])
-    curve = payload.get("decode_tokens", 0) if cell["clip_length_s"] == curve_at else 0
-    return run_decode(engine, clips, cell["batch_size"], timing, curve,
-                      f"measured once per model, in the {curve_at:g} s cell: the curve decodes the first 30 s "
-                      "window, the same work at every clip length")
-
-
-def _finish(row: dict[str, Any], engine: Any, cell: dict[str, Any]) -> dict[str, Any]:
+def _finish(row: dict[str, Any], engine: Any, cell: Cell) -> None:
     from asrperf.measure.memory import process_hwm_bytes
 
-    row.update(_device_facts(engine, cell["device"]))
+    row.update(_device_facts(engine, cell.device))
     row["peak_rss_bytes"], row["peak_rss_method"] = process_hwm_bytes()
-    return row
-
-
-def _max_throughput(engine: Any, clips: list, device: str, timing: TimingConfig, payload: dict) -> dict[str, Any]:
-    """Search batch sizes for the best samples/s (DESIGN.md "Max throughput")."""
-    from asrperf.scenarios.max_throughput import SearchPolicy, measure_with_engine, search
-
-    peak, reset = None, None
-    torch = sys.modules.get("torch")
-    if device.startswith("cuda") and torch is not None:  # device memory is what runs out there
-        index = torch.device(device).index or 0
-        peak, reset = (lambda: torch.cuda.max_memory_allocated(index)), (lambda: torch.cuda.reset_peak_memory_stats(index))
-    policy = SearchPolicy(max_batch=payload.get("max_batch", 64), memory_budget_bytes=payload.get("memory_budget_bytes"))
-    result = search(measure_with_engine(engine, clips, timing, peak, reset), policy)
-    return result.to_row()
 
 
 def main(argv: list[str]) -> int:
     payload_path, result_path = argv
-    payload = json.loads(open(payload_path).read())
-    row = execute(payload)
+    payload = CellPayload.from_json(open(payload_path).read())
+    result = execute(payload)
     tmp = result_path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(row, f)
+        json.dump(dataclasses.asdict(result), f)
     os.replace(tmp, result_path)
-    return 0 if row["status"] == "ok" else 1
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

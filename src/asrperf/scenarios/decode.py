@@ -34,6 +34,7 @@ from asrperf.data.clips import Clip
 from asrperf.engines.base import Engine
 from asrperf.measure.stages import RootCalls, step_intervals
 from asrperf.measure.timer import time_calls
+from asrperf.scenarios.base import CellContext, Scenario
 from asrperf.scenarios.latency import batch_for_call
 
 BEAMS = 4
@@ -162,3 +163,19 @@ def run_decode(engine: Engine, clips: list[Clip], batch_size: int, timing: Timin
     else:
         row.update(decode_curve=None, decode_curve_missing_reason=curve_note or "curve off (decode_tokens = 0)")
     return row
+
+
+class DecodeScenario(Scenario):
+    """The decoder's cost per token and its share of a call, at one batch size."""
+
+    name = "decode"
+
+    def batch_sizes(self, configured: tuple[int, ...]) -> tuple[int, ...]:
+        return (min(configured),)
+
+    def run(self, ctx: CellContext) -> dict[str, Any]:
+        at = ctx.settings.decode_curve_length_s
+        curve = ctx.settings.decode_tokens if ctx.clip_length_s == at else 0
+        return run_decode(ctx.engine, ctx.clips, ctx.batch_size, ctx.timing, curve,
+                          f"measured once per model, in the {at:g} s cell: the curve decodes the first 30 s "
+                          "window, the same work at every clip length")

@@ -19,6 +19,7 @@ from asrperf.measure.memory import MemoryMeter
 from asrperf.measure.stats import rtfx, summarize, throughput_samples_per_s
 from asrperf.measure.timer import TimedCalls, time_calls
 from asrperf.measure.wer import error_rates
+from asrperf.scenarios.base import CellContext, Scenario, device_peaks
 
 
 def batch_for_call(clips: list[Clip], batch_size: int, call: int) -> list[Clip]:
@@ -159,3 +160,30 @@ def accuracy(engine: Engine, clips: list[Clip], batch_size: int, known: dict[int
         "n_scored": er.n_utterances,
         "transcripts": [{"clip": c.id, "ref": c.text, "hyp": h} for c, h in zip(clips, hyps)],
     }
+
+
+class LatencyScenario(Scenario):
+    """Timed calls at each configured batch size, energy and memory over them, then WER over every clip."""
+
+    name = "latency"
+    meters = ("energy", "memory")
+    scores_accuracy = True
+
+    def run(self, ctx: CellContext) -> dict[str, Any]:
+        m = ctx.meters
+        metrics, timed = run_latency(ctx.engine, ctx.clips, ctx.batch_size, ctx.timing, ctx.score,
+                                     m.energy_readers, m.energy_idle_s, memory=m.memory)
+        ctx.warmup_s, ctx.samples_s = timed.warmup_s, timed.samples_s
+        row: dict[str, Any] = dict(metrics)
+        if m.energy_missing_reason:
+            row.update(energy_j=None, energy_missing_reason=m.energy_missing_reason)
+        if ctx.settings.flops:
+            peak = device_peaks(ctx)
+            row.update(peak, flops_probe_ran=True)
+            row.update(flops_fields(ctx.engine, ctx.clips, ctx.batch_size, metrics["latency_s_p50"],
+                                    peak.get("peak_matmul_flops_per_s")))
+        per_call = ctx.engine.info().get("compiled_graphs_per_call")
+        if per_call is not None:  # torch.compile: did a timed call compile?
+            first = metrics["warmup_calls"]
+            row["recompilations_timed"] = sum(per_call[first:first + metrics["n_calls"]])
+        return row

@@ -52,7 +52,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from asrperf.config import DEFAULT_MAX_BATCH
 from asrperf.errors import ConfigError
+from asrperf.scenarios.base import CellContext, Scenario
 
 PROBE_STATUSES = ("ok", "oom", "over_budget", "failed")
 STOP_REASONS = ("oom", "plateau", "memory_budget", "max_batch", "failed")
@@ -70,7 +72,7 @@ class SearchPolicy:
 
     start_batch: int = 1
     growth: float = 2.0
-    max_batch: int = 256
+    max_batch: int = DEFAULT_MAX_BATCH
     plateau_gain: float = 0.05  # a batch is a plateau probe when it is < +5% samples/s over the best so far
     # plateau probes in a row that stop the growth: 2, so that one noisy probe on a shared machine
     # does not end the search (it stopped tiny.en at batch 2 of 16: benchmarks/README.md)
@@ -300,3 +302,25 @@ def measure_with_engine(
         return Probe(batch_size, status, error=error)
 
     return measure
+
+
+SEARCHED_BATCH = 0  # the batch_size of a max_throughput cell: the search chooses the batches
+
+
+class MaxThroughputScenario(Scenario):
+    """The best samples/s over a batch-size search (DESIGN.md "Max throughput"), one cell per length."""
+
+    name = "max_throughput"
+
+    def batch_sizes(self, configured: tuple[int, ...]) -> tuple[int, ...]:
+        return (SEARCHED_BATCH,)
+
+    def run(self, ctx: CellContext) -> dict[str, Any]:
+        peak, reset = None, None
+        torch = sys.modules.get("torch")
+        if ctx.device.startswith("cuda") and torch is not None:  # device memory is what runs out there
+            index = torch.device(ctx.device).index or 0
+            peak = lambda: torch.cuda.max_memory_allocated(index)  # noqa: E731
+            reset = lambda: torch.cuda.reset_peak_memory_stats(index)  # noqa: E731
+        policy = SearchPolicy(max_batch=ctx.settings.max_batch, memory_budget_bytes=ctx.settings.memory_budget_bytes)
+        return search(measure_with_engine(ctx.engine, ctx.clips, ctx.timing, peak, reset), policy).to_row()

@@ -15,6 +15,7 @@ from typing import Any
 from asrperf.data.clips import Clip
 from asrperf.engines.base import Engine
 from asrperf.measure.ops import category_table
+from asrperf.scenarios.base import CellContext, Scenario, device_peaks
 from asrperf.scenarios.latency import batch_for_call
 
 STAGE_PREFIX = "asrperf::"
@@ -141,3 +142,18 @@ def run_profile(engine: Engine, clips: list[Clip], batch_size: int, trace_dir: s
         roofline_overhead_factor=OVERHEAD_FACTOR,
     )
     return row
+
+
+class ProfileScenario(Scenario):
+    """torch.profiler op categories, stages, a Chrome trace and the stage rooflines, at one batch size."""
+
+    name = "profile"
+
+    def batch_sizes(self, configured: tuple[int, ...]) -> tuple[int, ...]:
+        return (min(configured),)  # where the time goes per call, not how it scales: latency measures that
+
+    def run(self, ctx: CellContext) -> dict[str, Any]:
+        peak = device_peaks(ctx)
+        return {**peak, **run_profile(ctx.engine, ctx.clips, ctx.batch_size, ctx.settings.trace_dir, ctx.trace_name,
+                                      max(1, ctx.timing.min_calls), peak.get("peak_matmul_flops_per_s"),
+                                      peak.get("peak_copy_bytes_per_s"))}

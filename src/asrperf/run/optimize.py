@@ -8,13 +8,12 @@ comparison is side by side and the run can be reported, compared and resumed lik
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asrperf.config import LONGFORM_ENGINES, ModelConfig, RunConfig, dump_config
+from asrperf.config import ModelConfig, RunConfig, dump_config
 from asrperf.errors import ConfigError
 
 DEFAULT_WER_BUDGET = 0.005  # +0.5 WER points, absolute
@@ -49,63 +48,38 @@ def _cpu_has_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
-def _ct2_types(device: str) -> set[str]:
-    if importlib.util.find_spec("ctranslate2") is None or importlib.util.find_spec("faster_whisper") is None:
-        return set()
-    import ctranslate2
-
-    try:
-        return set(ctranslate2.get_supported_compute_types("cuda" if device.startswith("cuda") else "cpu"))
-    except RuntimeError:  # a CUDA device this ctranslate2 build or driver cannot use: no ct2 candidates
-        return set()
-
-
-# CTranslate2 compute type -> asrperf dtype name
-_CT2_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int8": "int8",
-               "int8_float32": "int8_float32", "int8_float16": "int8_float16", "int8_bfloat16": "int8_bfloat16"}
-
-
 def candidates(name: str, device: str, weights: str = "auto", engines: tuple[str, ...] = (),
                compile: bool = True, long_audio: bool = False) -> list[ModelConfig]:
-    """The variants worth trying for `name` on `device`; the fp32 transformers reference comes first.
+    """The variants worth trying for `name` on `device`; the fp32 reference comes first.
 
-    `engines` restricts the engines tried (default: every installed engine that runs this family).
-    `long_audio` (clips over 30 s) adds batched long-form windows to the Whisper variants that
-    support it (see the comment at the list).
+    Each engine declares its own candidates (engines/capabilities.py); `engines` restricts the
+    engines tried (default: every installed engine that runs this family). The reference is the
+    fp32 baseline of the accuracy-reference engine. `long_audio` (clips over 30 s) adds the
+    batched long-form twin of the plain candidates of engines that implement it.
     """
+    from asrperf.engines.capabilities import ENGINES, CandidateContext
     from asrperf.engines.catalog import resolve
-    from asrperf.engines.registry import supports
 
     spec = resolve(name)
-    cuda = device.startswith("cuda")
-    want = set(engines) or {"transformers", "ct2", "ort"}
-    ref = ModelConfig(name=name, engine="transformers", weights=weights, dtype="fp32")
+    ctx = CandidateContext(device=device, family=spec.family, compile=compile, cpu_bf16=_cpu_has_bf16())
+    usable = [d for d in ENGINES.values() if d.runs(spec.family) and (d.name in engines or not engines)]
+    reference = next((d for d in ENGINES.values() if d.accuracy_reference and d.runs(spec.family)), None)
+    if reference is None:
+        raise ConfigError(f"optimize: no installed engine is the accuracy reference for {name} ({spec.family} model)")
+    ref = ModelConfig(name=name, engine=reference.name, weights=weights, dtype="fp32")
     out = [ref]
-    if "transformers" in want:
-        tf = dataclasses.replace
-        if cuda:
-            out += [tf(ref, dtype="fp16"), tf(ref, dtype="bf16")]
-            if compile:
-                out += [tf(ref, dtype="fp16", compile=True), tf(ref, dtype="fp16", compile=True, cuda_graphs=True)]
-        else:
-            out += [tf(ref, attn="eager"), tf(ref, quant="int8_dynamic")]
-            if _cpu_has_bf16():
-                out.append(tf(ref, dtype="bf16"))
-            if compile:
-                out.append(tf(ref, compile=True))
-    if "ct2" in want and supports("ct2", spec.family):
-        types = _ct2_types(device)
-        order = ("float16", "int8_float16", "int8") if cuda else ("float32", "int8", "int8_float32", "int8_bfloat16")
-        out += [ModelConfig(name=name, engine="ct2", weights=weights, dtype=_CT2_DTYPES[t]) for t in order if t in types]
-    if long_audio and spec.family == "whisper":
+    for decl in usable:
+        if decl is not reference and not decl.installed():
+            continue
+        out += [ModelConfig(name=name, engine=decl.name, weights=weights, **fields) for fields in decl.candidates(ctx)]
+    if long_audio and spec.family in ("", "whisper"):
         # the batched-windows twin of each plain speed candidate; compile, eager attention and bf16
         # are left out (compile and eager never beat fp32 here, bf16 duplicates fp16 on CUDA and is
         # the slowest torch dtype on a CPU without AMX): one run stays a few minutes shorter
         out += [dataclasses.replace(m, longform="batched") for m in list(out)
-                if m.engine in LONGFORM_ENGINES and not m.compile and m.attn == "sdpa" and m.dtype != "bf16"]
-    if "ort" in want and supports("ort", spec.family) and importlib.util.find_spec("onnxruntime") is not None:
-        out += [ModelConfig(name=name, engine="ort", weights=weights, dtype=d) for d in ("fp32", "int8")]
-    return out
+                if "longform" in ENGINES[m.engine].options and not m.compile and m.attn == "sdpa" and m.dtype != "bf16"]
+    seen: set[ModelConfig] = set()
+    return [m for m in out if not (m in seen or seen.add(m))]
 
 
 def optimize(
