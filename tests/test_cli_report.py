@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -102,14 +103,17 @@ def test_missing_extra_message_keeps_the_extra_name(tmp_path):
     assert "pip install 'asrperf[ct2]'" in res.stderr
 
 
-def test_profile_command_prints_categories_and_writes_trace(tmp_path, cache_dir):
+def test_profile_command_is_a_one_cell_profile_run(tmp_path, cache_dir):
+    store = tmp_path / "prof" / "r.sqlite"
     res = _cli("profile", "-m", "whisper-tiny", "--weights", "random", "--length", "5", "--active", "1",
-               "--out", str(tmp_path / "prof"), "--cache-dir", str(cache_dir), cwd=tmp_path)
+               "--store", str(store), "--cache-dir", str(cache_dir), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "matmul" in res.stdout and "encoder" in res.stdout
-    traces = list((tmp_path / "prof").glob("*.trace.json"))
-    assert traces and "traceEvents" in json.loads(traces[0].read_text())
-    (summary_path,) = [p for p in (tmp_path / "prof").glob("*.json") if not p.name.endswith(".trace.json")]
-    summary = json.loads(summary_path.read_text())
-    assert abs(sum(r["share"] for r in summary["op_categories"]) - 1) < 1e-3
-    assert summary["weights"] == "random"
+    assert "matmul" in res.stdout and "encoder" in res.stdout  # the report's own profile tables
+    with Store(store) as s:
+        (row,) = s.rows()
+    assert row["scenario"] == "profile" and row["weights"] == "random" and row["profiled_calls"] == 1
+    assert abs(sum(r["share"] for r in row["op_categories"]) - 1) < 1e-3
+    import gzip
+
+    assert Path(row["trace_path"]).is_file() and "trace (open in chrome://tracing or Perfetto)" in res.stderr
+    assert "traceEvents" in json.loads(gzip.open(row["trace_path"]).read())

@@ -1,7 +1,9 @@
 """Run configuration: TOML and/or flags, validated in one place.
 
 Every key is checked: an unknown key or an impossible value is a ConfigError that names
-the key and the fix. Cross-field checks live in `RunConfig.validate` only.
+the key and the fix. Cross-field checks live in `RunConfig.validate` and, per model, in
+`check_variant`, which asks each engine's declaration (engines/capabilities.py) what it runs;
+scenario names come from the scenario registry (asrperf.scenarios). Defaults live here only.
 """
 
 from __future__ import annotations
