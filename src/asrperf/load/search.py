@@ -70,6 +70,11 @@ def _check(pattern: Arrivals, precision: float, max_probes: int) -> None:
         raise ConfigError(f"--max-probes: {max_probes} must be >= 1")
 
 
+def _round(rate_rps: float) -> float:
+    # probe rates to 4 significant digits: readable labels, far finer than any probe can resolve
+    return float(f"{rate_rps:.4g}")
+
+
 def _anchors(probe: Probe, saturation_clients: int) -> tuple[dict[str, Any], dict[str, Any], float, float]:
     sync = probe(Arrivals("concurrency", clients=1), SYNCHRONOUS)
     sat = probe(Arrivals("concurrency", clients=saturation_clients), SATURATION)
@@ -93,7 +98,7 @@ def find_max_rate(probe: Probe, pattern: Arrivals, saturation_clients: int, prec
     lo, hi = 0.0, r_sat
     lo_row: dict[str, Any] | None = None
     hi_row: dict[str, Any] | None = None
-    rate = min(r_sync, FIRST_PROBE_MAX_SHARE * r_sat)
+    rate = _round(min(r_sync, FIRST_PROBE_MAX_SHARE * r_sat))
     for _ in range(max_probes):
         row = probe(pattern.with_rate(rate), BISECT)
         probes.append(row)
@@ -103,7 +108,7 @@ def find_max_rate(probe: Probe, pattern: Arrivals, saturation_clients: int, prec
             hi, hi_row = rate, row
         if hi - lo <= precision * hi:
             break
-        rate = (lo + hi) / 2
+        rate = _round((lo + hi) / 2)
     reached = hi - lo <= precision * hi
     resolved = (lo_row is not None and lo_row.get("slo_verdict") == PASS and reached
                 and (hi_row is None or hi_row.get("slo_verdict") == FAIL))
@@ -143,6 +148,6 @@ def sweep(probe: Probe, pattern: Arrivals, saturation_clients: int, rates_rps: S
         r_sat = sat.get("achieved_rate_rps")
         if not r_sat:
             return SweepResult(probes, None, None)
-        rates_rps = [f * r_sat for f in fractions]
+        rates_rps = [_round(f * r_sat) for f in fractions]
     curve = [probe(pattern.with_rate(rate), SWEEP) for rate in sorted(rates_rps)]
     return SweepResult(probes + curve, r_sat, knee_rate_rps(curve))
