@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 
-from asrperf.data.audio import SAMPLE_RATE
 from asrperf.engines.base import Engine, ModelSpec, Transcription
 
 MIN_AUDIO_S = 0.1  # shorter inputs make the stub raise, like a model refusing an input

@@ -5,8 +5,6 @@ Every server here is the real `run_server` (FastAPI + uvicorn + the batcher) in 
 run is bounded in requests and time, so each test stops by itself.
 """
 
-import os
-import signal
 import sys
 import threading
 import time

@@ -119,8 +119,9 @@ def find_max_rate(probe: Probe, pattern: Arrivals, saturation_clients: int, prec
     else:
         status, note = "found", ""
     if not resolved and lo_row is not None:
-        note = (note + "; " if note else "") + ("a bracketing probe's CI straddles the SLO target: give probes more "
-                                                "requests" if reached else "the probe budget ran out before the precision")
+        why = ("a bracketing probe's CI straddles the SLO target: give probes more requests" if reached
+               else "the probe budget ran out before the precision")
+        note = f"{note}; {why}" if note else why
     return SearchResult(status, lo if lo_row is not None else None, hi, resolved, reached, r_sync, r_sat, precision,
                         note, probes)
 

@@ -78,7 +78,8 @@ def parse_slo(text: str) -> Slo:
             if not 0 < q < 100:
                 raise ConfigError(f"--slo '{text}': {term}: the percentile must be in (0, 100)")
             if per_audio and unit:
-                raise ConfigError(f"--slo '{text}': {term}: a per-audio-second bound is a ratio (s per s): drop '{unit}'")
+                raise ConfigError(f"--slo '{text}': {term}: a per-audio-second bound is a ratio (s per s); "
+                                  f"drop '{unit}'")
             if not per_audio and not unit:
                 raise ConfigError(f"--slo '{text}': {term}: give the latency a unit, e.g. {term}s or {term}ms")
             bound = value if per_audio else value * _UNIT_S[unit]

@@ -145,7 +145,8 @@ def create_app(transcribe: TranscribeFn, served: ServedModel, settings: ServerSe
         try:
             form = await request.form(max_files=1, max_fields=16)
         except Exception as exc:  # starlette's MultiPartException, python-multipart parse errors
-            raise ApiError(400, f"the multipart body cannot be parsed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ApiError(400, f"the multipart body cannot be parsed ({reason})") from exc
         for key in form.keys():
             if key not in _FIELDS:
                 raise ApiError(400, f"the field '{key}' is not supported by asrperf serve (it decodes greedily at "
