@@ -50,6 +50,28 @@ def test_jobs_arriving_together_share_a_call_up_to_the_max():
     assert results[4].queue_s >= results[0].compute_s
 
 
+def test_dispatch_delay_is_the_wait_after_the_engine_was_free():
+    hold = threading.Event()
+    rec = Recorder(hold)
+
+    async def main():
+        b = Batcher(rec, max_batch_size=1, max_wait_s=0.0, max_queue=16)
+        first = b.submit(_audio())
+        while b.in_compute == 0:
+            await asyncio.sleep(0.001)
+        second = b.submit(_audio())
+        await asyncio.sleep(0.2)
+        hold.set()
+        results = [await first.future, await second.future]
+        b.close(5)
+        return results
+
+    first, second = asyncio.run(main())
+    # the second job queued 0.2 s behind a held call, but started as soon as the engine was free
+    assert second.queue_s >= 0.2 and second.dispatch_s < 0.1 and second.dispatch_s <= second.queue_s
+    assert first.dispatch_s <= first.queue_s < 0.1
+
+
 def test_batching_off_runs_every_job_alone():
     rec = Recorder()
 

@@ -2,8 +2,8 @@
 
 All times are seconds on the monotonic clock, relative to the run's start. `sent_s` is when the
 request headers started to go out on the wire (httpcore's trace), so it includes waiting for
-a connection; the server's own times come from its X-Queue-Time-S, X-Compute-Time-S,
-X-Decode-Time-S and X-Batch-Size headers when it sends them (asrperf serve does).
+a connection; the server's own times come from its X-Queue-Time-S, X-Dispatch-Time-S,
+X-Compute-Time-S, X-Decode-Time-S and X-Batch-Size headers when it sends them (asrperf serve does).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 OK, REJECTED, CLIENT_ERROR, SERVER_ERROR, TIMEOUT, CONNECTION_ERROR = (
     "ok", "rejected", "client_error", "server_error", "timeout", "connection_error")
 OUTCOMES = (OK, REJECTED, CLIENT_ERROR, SERVER_ERROR, TIMEOUT, CONNECTION_ERROR)
-_HEADERS = {"queue_s": "x-queue-time-s", "compute_s": "x-compute-time-s", "decode_s": "x-decode-time-s"}
+_HEADERS = {"queue_s": "x-queue-time-s", "dispatch_s": "x-dispatch-time-s", "compute_s": "x-compute-time-s",
+            "decode_s": "x-decode-time-s"}
 _WIRE_EVENT = "http11.send_request_headers.started"  # httpcore trace: the first byte of this request
 
 
@@ -36,6 +37,7 @@ class RequestRecord:
     status: int = 0  # HTTP status; 0 when no answer came
     outcome: str = ""
     queue_s: float | None = None
+    dispatch_s: float | None = None  # the part of queue_s that is the server's scheduling delay
     compute_s: float | None = None
     decode_s: float | None = None
     batch_size: int | None = None

@@ -24,7 +24,7 @@ def _source(config: Path | None, manifest: Path | None, folder: Path | None,
         source = {"kind": "manifest", "path": str(manifest)}
     elif folder:
         source = {"kind": "folder", "path": str(folder)}
-    cache = str(cache_dir) if cache_dir else (cfg.cache_dir if cfg else RunConfig.__dataclass_fields__["cache_dir"].default)
+    cache = str(cache_dir) if cache_dir else (cfg or RunConfig(models=())).cache_dir
     return source, cache, cfg.clip_mode if cfg else "exact"
 
 

@@ -10,7 +10,9 @@ Over the measured requests (those scheduled after the warm-up window):
 - latency_s_*: end to end from the *scheduled* send time (no coordinated omission), successes
   only; latency_per_audio_s_*: the same divided by the clip's audio seconds;
   latency_from_sent_s_*: from the wire send (what ignoring the schedule would show).
-- queue_s_*, compute_s_*, decode_s_*: the server's own times from its headers; overhead_s_p50:
+- queue_s_*, compute_s_*, decode_s_*: the server's own times from its headers; dispatch_s_*: the
+  part of queue_s after the engine call could have started (the server's scheduling delay, a
+  sign of an overloaded machine when it grows); overhead_s_p50:
   latency from the wire send minus the three (HTTP, upload, transport).
 - lateness_s_*: the generator's delay, wire send minus the scheduled time (less any in-flight
   slot wait, which slot_wait_s_* report); lateness_ok: its p99 within LATENESS_BOUND_S.
@@ -101,6 +103,7 @@ def probe_row(run: LoadRun, clips: Sequence[WorkClip], slo: Slo | None, context:
     row.update(_stats("latency_per_audio_s", [r.latency_s / r.audio_s for r in done]))
     row.update(_stats("latency_from_sent_s", [r.latency_from_sent_s for r in done], ("p50", "p99", "max")))
     row.update(_stats("queue_s", [r.queue_s for r in done]))
+    row.update(_stats("dispatch_s", [r.dispatch_s for r in done], ("mean", "p50", "p99")))
     row.update(_stats("compute_s", [r.compute_s for r in done]))
     row.update(_stats("decode_s", [r.decode_s for r in done], ("mean", "p50", "p99")))
     overheads = [r.latency_from_sent_s - r.queue_s - r.compute_s - (r.decode_s or 0.0) for r in done

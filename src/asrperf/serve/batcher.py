@@ -8,7 +8,10 @@ jobs (up to `max_batch_size`), then runs them as one call. With `max_batch_size 
 service time, which the calibration tests check against Pollaczek-Khinchine).
 
 Times per job: queue_s = from enqueue to the start of the engine call that produced its text;
-compute_s = that call's wall time (shared by every job in the batch). A batch whose call fails is
+compute_s = that call's wall time (shared by every job in the batch); dispatch_s = the part of
+queue_s after the call could have started (the engine free and the batch formed: full, or
+max_wait_s after its oldest job arrived), i.e. the server's own scheduling delay, which an
+overloaded machine makes grow (the thread is woken late). A batch whose call fails is
 re-run one job at a time, so one bad input fails only its own request.
 """
 
@@ -51,6 +54,7 @@ class Result:
     queue_s: float  # enqueue -> start of the engine call that ran it
     compute_s: float  # wall time of that engine call (the whole batch)
     batch_size: int  # jobs in that call
+    dispatch_s: float = 0.0  # part of queue_s after the call could have started (scheduling delay)
     error: str = ""  # the engine's one-line error; text is "" then
 
 
@@ -90,6 +94,7 @@ class Batcher:
         self.in_compute = 0  # jobs in the engine call now running
         self.batches = 0  # engine calls made
         self._mean_call_s = 0.0  # running mean of a call's compute time, for Retry-After
+        self._last_end_s = -math.inf  # when the previous engine call ended (perf_counter)
         self._thread = threading.Thread(target=self._run, name="asrperf-engine", daemon=True)
         self._thread.start()
 
@@ -154,17 +159,25 @@ class Batcher:
                     self.in_compute = len(batch)
                     return batch
 
+    def _ready_s(self, batch: list[Job]) -> float:
+        """When `batch`'s call could have started: the engine free, and the batch full or its wait over."""
+        deadline = batch[0].enqueued_s + self.max_wait_s
+        formed = batch[-1].enqueued_s if len(batch) == self.max_batch_size else deadline
+        return max(self._last_end_s, min(formed, deadline))
+
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            results = self._call(batch)
+            results = self._call(batch, self._ready_s(batch))
+            self._last_end_s = time.perf_counter()
             for job, result in zip(batch, results):
                 job.loop.call_soon_threadsafe(_settle, job.future, result)
             with self._cond:
                 self.in_compute = 0
 
-    def _call(self, batch: list[Job]) -> list[Result]:
+    def _call(self, batch: list[Job], ready_s: float) -> list[Result]:
         start = time.perf_counter()
         queue_s = [start - job.enqueued_s for job in batch]
+        dispatch_s = max(0.0, start - ready_s)
         try:
             texts = self.transcribe([job.audio for job in batch])
             if len(texts) != len(batch):
@@ -173,13 +186,13 @@ class Batcher:
             compute_s = time.perf_counter() - start
             self._observe(len(batch), compute_s, False)
             if len(batch) == 1:
-                return [Result("", queue_s[0], compute_s, 1, one_line(exc))]
+                return [Result("", queue_s[0], compute_s, 1, dispatch_s, one_line(exc))]
             # one bad input must not fail its batch-mates: run each alone, so only it fails (the
             # failed call counts as their queue time: they waited through it)
-            return [self._call([job])[0] for job in batch]
+            return [self._call([job], time.perf_counter())[0] for job in batch]
         compute_s = time.perf_counter() - start
         self._observe(len(batch), compute_s, True)
-        return [Result(text, q, compute_s, len(batch)) for text, q in zip(texts, queue_s)]
+        return [Result(text, q, compute_s, len(batch), dispatch_s) for text, q in zip(texts, queue_s)]
 
     def _observe(self, size: int, compute_s: float, ok: bool) -> None:
         self.batches += 1

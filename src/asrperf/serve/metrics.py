@@ -26,6 +26,10 @@ class ServerMetrics:
                                    buckets=_TIME_BUCKETS_S, registry=r)
         self.queue_s = Histogram("asrperf_queue_wait_seconds", "Time a request waited for the engine.",
                                  buckets=_TIME_BUCKETS_S, registry=r)
+        self.dispatch_s = Histogram("asrperf_dispatch_delay_seconds",
+                                    "Part of a request's queue wait after its engine call could have started "
+                                    "(scheduling delay; grows when the machine is overloaded).",
+                                    buckets=(0.0005, 0.001, 0.002, 0.005, *_TIME_BUCKETS_S[1:]), registry=r)
         self.compute_s = Histogram("asrperf_batch_compute_seconds", "Wall time of one engine call (one batch).",
                                    buckets=_TIME_BUCKETS_S, registry=r)
         self.batch_size = Histogram("asrperf_batch_size", "Requests per engine call.", buckets=_BATCH_BUCKETS,
