@@ -384,6 +384,14 @@ def doctor() -> None:
     out.print(t)
 
 
+# `serve` and `load` keep their options beside their packages (serve/command.py, load/command.py)
+from asrperf.load.command import load_command  # noqa: E402
+from asrperf.serve.command import serve_command  # noqa: E402
+
+app.command("serve")(serve_command)
+app.command("load")(load_command)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback."""
     from asrperf.run.runner import quiet_library_logs

@@ -50,6 +50,24 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> n
     return soxr.resample(audio, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
 
 
+def decode_audio_bytes(data: bytes, item: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode an in-memory file (any format libsndfile reads) to mono float32 at `sample_rate`."""
+    import io
+
+    import soundfile as sf
+
+    if not data:
+        raise DataError(f"{item}: the file is empty; send a wav, flac, ogg or mp3 file")
+    try:
+        audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if reason.startswith("Error opening"):  # "Error opening <_io.BytesIO object at 0x..>: Format not recognised."
+            reason = reason.rpartition(": ")[2].rstrip(".")
+        raise DataError(f"{item}: cannot decode audio ({reason}); send a wav, flac, ogg or mp3 file") from exc
+    return resample(to_mono_float32(audio, item), int(rate), sample_rate)
+
+
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode any format libsndfile reads (wav, flac, ogg, mp3 ...) to mono float32 at `sample_rate`."""
     import soundfile as sf

@@ -58,6 +58,20 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
     }
 
 
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion `successes / n` (scipy's binomtest); NaNs when n = 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and keeps its coverage near 0 and 1,
+    where goodput targets such as 0.99 live.
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def throughput_samples_per_s(batch_size: int, calls: int, total_s: float) -> float:
     """samples/s = batch size x calls / total timed seconds."""
     return batch_size * calls / total_s

@@ -1,0 +1,216 @@
+"""Serving under load: the issue's performance targets for `asrperf serve` + `asrperf load`.
+
+    python benchmarks/serving.py [--engines ct2:int8,transformers:fp32] [--batch 16] [--slo 'p99<=2s']
+                                 [--length 15] [--probe-s 120] [--sweep-s 60] [--smoke]
+
+For each engine (whisper tiny.en, real weights, clips of the built-in corpus):
+  1. offline, as `asrperf run` measures it (one process per cell, the same clips): latency and WER
+     at batch 1, and the max-throughput batch search (`scenarios = ["latency", "max_throughput"]`);
+  2. served with max_batch_size = 1 and with dynamic batching (max_batch_size = --batch), each in
+     its own `asrperf serve` process: the maximum sustainable Poisson rate under the SLO
+     (synchronous and saturation probes, then bisection), and for the batching server a sweep of
+     the latency-vs-offered-load curve at fractions of its saturation rate, with its knee;
+  3. the targets: max rate with batching >= 1.5x the rate with max_batch_size = 1; saturation
+     rate served >= 80% of the offline max throughput; WER under load = WER offline (the same
+     transcript for every clip, since decoding is greedy).
+Rows go to --store (offline cells and every load probe, so `asrperf report` and later tools read
+them); the summary is printed as markdown (and written to --out). --smoke runs a tiny version
+(5 s clips, 2 clips, probes of a few seconds, ct2 only) to check that the script works; its
+numbers mean nothing.
+
+A probe must hold >= 381 requests to *resolve* a 99th-percentile SLO (Wilson 95% CI, see
+asrperf.load.slo.requests_to_resolve); shorter probes still bisect on the point estimate but
+report "unresolved". At ~3 requests/s of 15 s clips that is ~2 minutes per probe: a full run
+takes about (2 anchors + up to --max-probes) x --probe-s per server, plus the sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from asrperf.config import config_from_dict
+from asrperf.load.arrivals import Arrivals
+from asrperf.load.generator import Bounds, Target
+from asrperf.load.launch import asrperf_serve_argv, server_process
+from asrperf.load.record import save_rows
+from asrperf.load.search import SWEEP_FRACTIONS
+from asrperf.load.session import LoadPlan, execute
+from asrperf.load.slo import parse_slo, requests_to_resolve
+from asrperf.load.workload import load_workload
+from asrperf.measure.wer import error_rates
+from asrperf.results.store import Store
+from asrperf.run.runner import run as run_cells
+
+MODEL = "whisper-tiny.en"
+BATCHING_TARGET = 1.5  # max rate with dynamic batching / with max_batch_size = 1
+SATURATION_TARGET = 0.8  # served saturation rate / offline max throughput
+
+
+def offline(engines: list[tuple[str, str]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """`asrperf run` on the same clips: engine -> {"latency": row, "max_throughput": row}."""
+    cfg = config_from_dict({
+        "run": {"clip_lengths_s": [args.length], "n_clips": args.n_clips, "scenarios": ["latency", "max_throughput"],
+                "batch_sizes": [1], "max_batch": args.batch, "store": args.store, "cache_dir": args.cache_dir,
+                "energy": False},
+        "source": {"kind": "builtin"},
+        "timing": {"warmup_calls": 1, "min_calls": 2 if args.smoke else 3, "min_time_s": 0.5 if args.smoke else 2.0},
+        "models": [{"name": MODEL, "engine": e, "dtype": d, "weights": "real"} for e, d in engines],
+    }, "benchmarks/serving.py")
+    summary = run_cells(cfg, on_cell=lambda cell, state, i, n: print(f"offline {i + 1}/{n} {cell.model.engine} "
+                                                                      f"{cell.scenario}: {state}", file=sys.stderr))
+    with Store(args.store) as store:
+        rows = [r for r in store.rows(summary.run_id) if r["status"] == "ok"]
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        out.setdefault(r["engine"], {})[r["scenario"]] = r
+    return out
+
+
+def served(engine: str, dtype: str, max_batch: int, clips: list, clip_info: dict, args: argparse.Namespace,
+           slo_text: str) -> list[dict[str, Any]]:
+    """One `asrperf serve` process: the max-rate search, and (batching on) the sweep."""
+    argv = asrperf_serve_argv(["-m", MODEL, "-e", engine, "--dtype", dtype, "--weights", "real",
+                               "--max-batch-size", str(max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                               "--max-queue", str(args.max_queue), "--cache-dir", args.cache_dir])
+    bounds = Bounds(max_requests=args.requests, duration_s=args.probe_s, timeout_s=args.timeout,
+                    warmup_s=args.warmup_s)
+    poisson = Arrivals("poisson", rate_rps=1.0)
+    context = {**clip_info, "source_kind": "builtin", "benchmark": "serving"}
+    with server_process(argv, startup_timeout_s=900) as server:
+        target = Target(server.url, MODEL)
+
+        def progress(row: dict[str, Any]) -> None:
+            print(f"  {engine} b{max_batch} {row['probe_role']} {row['arrival']}: achieved "
+                  f"{row['achieved_rate_rps'] or 0:.2f} req/s, p99 {row['latency_s_p99'] or float('nan'):.2f} s, "
+                  f"{row['n_ok']}/{row['n_requests']} ok, SLO {row['slo_verdict']}", file=sys.stderr)
+
+        rows = execute(LoadPlan("search", poisson, bounds, parse_slo(slo_text), precision=args.precision,
+                                max_probes=args.max_probes), target, clips, context, progress)
+        saturation = rows[-1]["saturation_rate_rps"]
+        if max_batch > 1 and saturation:
+            sweep_bounds = Bounds(args.requests, args.sweep_s, args.timeout, args.warmup_s)
+            fractions = (0.5, 1.0) if args.smoke else SWEEP_FRACTIONS
+            rows += execute(LoadPlan("sweep", poisson, sweep_bounds, parse_slo(slo_text),
+                                     sweep_rates_rps=tuple(float(f"{f * saturation:.4g}") for f in fractions)),
+                            target, clips, context, progress)
+    return rows
+
+
+def _per_clip(rows: list[dict[str, Any]]) -> dict[int, set[str]]:
+    texts: dict[int, set[str]] = {}
+    for row in rows:
+        for r in row.get("requests", ()):
+            if r["outcome"] == "ok":
+                texts.setdefault(r["clip_index"], set()).add(r["text"])
+    return texts
+
+
+def summarise(engine: str, dtype: str, off: dict[str, Any], by_batch: dict[int, list[dict[str, Any]]],
+              clips: list) -> list[str]:
+    """Markdown lines for one engine: the targets and the curve."""
+    lat, mt = off.get("latency", {}), off.get("max_throughput", {})
+    # the search's result row (the sweep, when there is one, adds its own after it)
+    result = {b: next(r for r in rows if "max_sustainable_rate_rps" in r) for b, rows in by_batch.items()}
+    lines = [f"### {MODEL}, {engine} {dtype}", "",
+             "| max_batch_size | max sustainable Poisson rate req/s (bracket) | resolved | sync req/s | saturation req/s |"
+             " batch sizes formed (requests per size) |", "|---|---|---|---|---|---|"]
+    for b, rows in by_batch.items():
+        r = result[b]
+        formed: dict[str, int] = {}
+        for p in rows:
+            for k, v in (p.get("batch_size_counts") or {}).items():
+                formed[k] = formed.get(k, 0) + v
+        top = r["max_sustainable_rate_rps"]
+        lines.append(f"| {b} | {'-' if top is None else f'{top:.3g}'} ({r['upper_rate_rps'] or 0:.3g}) | "
+                     f"{r['resolved']} ({r['search_status']}) | {r['sync_rate_rps'] or 0:.3g} | "
+                     f"{r['saturation_rate_rps'] or 0:.3g} | {json.dumps(dict(sorted(formed.items(), key=lambda kv: int(kv[0]))))} |")
+    rates = {b: result[b]["max_sustainable_rate_rps"] for b in by_batch}
+    batched = max(by_batch)
+    if rates.get(1) and rates.get(batched):
+        ratio = rates[batched] / rates[1]
+        lines.append(f"\n- dynamic batching (max {batched}) / max_batch_size 1: **{ratio:.2f}x** "
+                     f"(target >= {BATCHING_TARGET}x: {'met' if ratio >= BATCHING_TARGET else 'NOT met'})")
+    sat, offline_max = result[batched]["saturation_rate_rps"], mt.get("max_throughput_samples_per_s")
+    if sat and offline_max:
+        share = sat / offline_max
+        lines.append(f"- served saturation {sat:.3g} req/s / offline max throughput {offline_max:.3g} samples/s "
+                     f"(batch {mt.get('max_throughput_batch_size')}): **{share:.0%}** (target >= "
+                     f"{SATURATION_TARGET:.0%}: {'met' if share >= SATURATION_TARGET else 'NOT met'})")
+    all_rows = [r for rows in by_batch.values() for r in rows]
+    texts = _per_clip(all_rows)
+    offline_hyp = {t["clip"]: t["hyp"] for t in lat.get("transcripts", [])}
+    if texts and offline_hyp:
+        same = sum(texts[i] == {offline_hyp.get(clips[i].id)} for i in texts)
+        first = {i: sorted(t)[0] for i, t in texts.items()}
+        load_wer = error_rates([clips[i].reference for i in first], [first[i] for i in first]).wer
+        lines.append(f"- WER under load {100 * load_wer:.2f}% vs offline {100 * lat['wer']:.2f}% (batch 1); "
+                     f"{same}/{len(texts)} clips answered with exactly the offline transcript in every probe")
+    sweep = [r for r in by_batch[batched] if r.get("probe_role") == "sweep"]
+    if sweep:
+        knee = next((r["knee_rate_rps"] for r in by_batch[batched] if r.get("knee_rate_rps") is not None), None)
+        lines += ["", f"Latency vs offered load (max_batch_size {batched}; knee: "
+                      f"{'-' if knee is None else f'{knee:.3g} req/s'}):", "",
+                  "| offered req/s | achieved req/s | p50 s | p90 s | p99 s | queue p50 s | compute p50 s | batch mean | 429 | SLO |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sweep:
+            f = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+            lines.append(f"| {f(r['offered_rate_rps'])} | {f(r['achieved_rate_rps'])} | {f(r['latency_s_p50'])} | "
+                         f"{f(r['latency_s_p90'])} | {f(r['latency_s_p99'])} | {f(r['queue_s_p50'])} | "
+                         f"{f(r['compute_s_p50'])} | {f(r['batch_size_mean'])} | {r['n_rejected']} | {r['slo_verdict']} |")
+    late = [r["lateness_s_p99"] for r in all_rows if r.get("lateness_s_p99") is not None]
+    if late:
+        lines.append(f"\n- generator lateness p99, worst probe: {1000 * max(late):.2f} ms (target <= 2 ms)")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engines", default="ct2:int8,transformers:fp32", help="engine:dtype, comma-separated")
+    ap.add_argument("--batch", type=int, default=16, help="max_batch_size of the batching server (and max_batch offline)")
+    ap.add_argument("--max-wait-ms", type=float, default=20.0)
+    ap.add_argument("--max-queue", type=int, default=256)
+    ap.add_argument("--slo", default="p99<=2s")
+    ap.add_argument("--length", type=float, default=15.0)
+    ap.add_argument("--n-clips", type=int, default=8)
+    ap.add_argument("--probe-s", type=float, default=120.0, help="seconds of sending per search probe")
+    ap.add_argument("--sweep-s", type=float, default=60.0, help="seconds of sending per sweep probe")
+    ap.add_argument("--requests", type=int, default=400, help="most requests per probe")
+    ap.add_argument("--warmup-s", type=float, default=5.0)
+    ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--precision", type=float, default=0.05)
+    ap.add_argument("--max-probes", type=int, default=6)
+    ap.add_argument("--store", default="asrperf-results/serving.sqlite")
+    ap.add_argument("--cache-dir", default=".asrperf-cache")
+    ap.add_argument("--out", default="", help="also write the markdown summary here")
+    ap.add_argument("--smoke", action="store_true", help="a tiny run that checks the script works (numbers meaningless)")
+    args = ap.parse_args()
+    if args.smoke:
+        tmp = tempfile.mkdtemp(prefix="asrperf-serving-smoke-")
+        args.engines, args.batch, args.length, args.n_clips = "ct2:int8", 2, 5.0, 2
+        args.probe_s, args.sweep_s, args.requests, args.warmup_s, args.max_probes = 3.0, 2.0, 12, 0.0, 2
+        args.slo, args.store = "p99<=30s", str(Path(tmp) / "serving.sqlite")
+    engines = [tuple(e.split(":", 1)) for e in args.engines.split(",")]
+    print(f"a probe needs >= {requests_to_resolve(parse_slo(args.slo).terms[0].required)} requests to resolve "
+          f"'{args.slo}'; probes here hold at most {args.requests}", file=sys.stderr)
+    off = offline(engines, args)
+    clips, clip_info = load_workload({"kind": "builtin"}, args.cache_dir, args.length, args.n_clips)
+    lines = [f"## Serving: {MODEL}, {args.length:g} s clips, SLO {args.slo}, Poisson arrivals", ""]
+    for engine, dtype in engines:
+        by_batch = {b: served(engine, dtype, b, clips, clip_info, args, args.slo) for b in (1, args.batch)}
+        for b, rows in by_batch.items():
+            save_rows(args.store, {"benchmark": "serving", "engine": engine, "dtype": dtype, "max_batch_size": b,
+                                   "slo": args.slo, "length_s": args.length}, rows)
+        lines += summarise(engine, dtype, off.get(engine, {}), by_batch, clips) + [""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Run one load: send requests by an arrival pattern, bounded in count and time, record each one.
+
+Open loop: every send time is fixed before the run starts (`arrivals.schedule`); the scheduler
+sleeps until each one and starts the request as its own task, never waiting for an answer. A
+slow server therefore meets the full offered load, and every latency is measured from the
+scheduled time, so time spent waiting anywhere (for an in-flight slot, a connection, the
+server's queue) counts against the server instead of vanishing (coordinated omission, as wrk2
+and HdrHistogram describe it). Closed loop: N clients, each sends as soon as its previous
+answer is in; its "scheduled" time is that moment.
+
+A run ends after `max_requests` sends or when `duration_s` has passed since the first one,
+whichever comes first; each request then has at most `timeout_s` to finish, so a run never
+outlasts duration_s + timeout_s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from asrperf.errors import ConfigError
+from asrperf.load.arrivals import Arrivals, schedule
+from asrperf.load.client import RequestRecord, send
+from asrperf.load.workload import WorkClip
+
+START_LEAD_S = 0.05  # the schedule starts this long after setup, so the first send is not late by setup time
+TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the requests go: a base URL (http://host:port), the model name to send, an API key."""
+
+    url: str
+    model: str
+    api_key: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        base = self.url.rstrip("/")
+        return base if base.endswith(TRANSCRIPTIONS_PATH) else base + TRANSCRIPTIONS_PATH
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How long a run may go on, and how long each request may take."""
+
+    max_requests: int = 1000
+    duration_s: float = 60.0  # no send starts after this many seconds
+    timeout_s: float = 60.0  # per request, from when it starts (after any in-flight slot wait)
+    warmup_s: float = 0.0  # requests scheduled earlier than this are sent but left out of the metrics
+    max_in_flight: int = 0  # open loop: at most this many requests at once (0: no limit); waits count as latency
+
+    def validate(self) -> "Bounds":
+        if self.max_requests < 1:
+            raise ConfigError(f"--requests: {self.max_requests} must be >= 1")
+        if not self.duration_s > 0:
+            raise ConfigError(f"--duration: {self.duration_s} must be > 0 seconds")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"--timeout: {self.timeout_s} must be > 0 seconds")
+        if not 0 <= self.warmup_s < self.duration_s:
+            raise ConfigError(f"--warmup-s: {self.warmup_s} must be >= 0 and below --duration ({self.duration_s:g})")
+        if self.max_in_flight < 0:
+            raise ConfigError(f"--max-in-flight: {self.max_in_flight} must be >= 0 (0: no limit)")
+        return self
+
+
+@dataclass
+class LoadRun:
+    """What one run did: its pattern and bounds, and one record per request sent."""
+
+    arrivals: Arrivals
+    bounds: Bounds
+    seed: int
+    records: list[RequestRecord] = field(default_factory=list)
+    started_at: float = 0.0  # wall clock (time.time()) of the schedule's zero
+    wall_s: float = 0.0  # from the schedule's zero to the last answer
+
+
+def _client(max_connections: int | None):
+    import httpx
+
+    # trust_env=False: no proxy from the environment ever sits between the generator and the server
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits, trust_env=False)
+
+
+async def run_load_async(target: Target, clips: Sequence[WorkClip], arrivals: Arrivals, bounds: Bounds,
+                         seed: int = 0) -> LoadRun:
+    """One bounded run against `target`; see the module docstring for the two loops."""
+    from asrperf.errors import require
+
+    require("httpx", "asrperf load", "serve")
+    bounds.validate()
+    if not clips:
+        raise ConfigError("no clips to send; check the source and n_clips")
+    run = LoadRun(arrivals, bounds, seed)
+    async with _client(None) as client:
+        t0 = time.monotonic() + START_LEAD_S
+        run.started_at = time.time() + START_LEAD_S
+
+        async def one(record: RequestRecord, slots: asyncio.Semaphore | None) -> None:
+            wav = clips[record.clip_index].wav
+            if slots is None:
+                await send(client, target.endpoint, target.model, wav, record, bounds.timeout_s, target.api_key, t0)
+                return
+            async with slots:
+                record.slot_s = time.monotonic() - t0
+                await send(client, target.endpoint, target.model, wav, record, bounds.timeout_s, target.api_key, t0)
+
+        def record_for(index: int, clip: int, scheduled_s: float) -> RequestRecord:
+            c = clips[clip]
+            rec = RequestRecord(index, clip, c.id, c.audio_s, scheduled_s, warmup=scheduled_s < bounds.warmup_s)
+            run.records.append(rec)
+            return rec
+
+        if arrivals.open_loop:
+            plan = schedule(arrivals, [c.audio_s for c in clips], bounds.max_requests, bounds.duration_s, seed)
+            slots = asyncio.Semaphore(bounds.max_in_flight) if bounds.max_in_flight else None
+            tasks = []
+            for i, (offset, clip) in enumerate(plan):
+                delay = t0 + offset - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(record_for(i, clip, offset), slots)))
+            await asyncio.gather(*tasks)
+        else:
+            counter = itertools.count()
+            await asyncio.sleep(max(0.0, t0 - time.monotonic()))
+
+            async def closed_client() -> None:
+                while (now := time.monotonic() - t0) < bounds.duration_s:
+                    i = next(counter)
+                    if i >= bounds.max_requests:
+                        return
+                    await one(record_for(i, i % len(clips), now), None)
+
+            await asyncio.gather(*(closed_client() for _ in range(arrivals.clients)))
+        run.wall_s = max((r.done_s or 0.0) for r in run.records) if run.records else 0.0
+    return run
+
+
+def run_load(target: Target, clips: Sequence[WorkClip], arrivals: Arrivals, bounds: Bounds,
+             seed: int = 0) -> LoadRun:
+    """`run_load_async` in its own event loop (for callers that are not async)."""
+    return asyncio.run(run_load_async(target, clips, arrivals, bounds, seed))

@@ -1,0 +1,107 @@
+"""A server as a real subprocess on 127.0.0.1: started, waited for, and stopped with a drain.
+
+The child gets `--host 127.0.0.1 --port 0 --port-file F`; it writes F once it accepts
+connections, so the parent never races its startup (loading a model can take minutes). Stopping
+sends SIGTERM (the server drains in-flight requests) and kills only after `stop_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asrperf.errors import AsrperfError
+
+LOOPBACK = "127.0.0.1"
+_LOG_TAIL_LINES = 20
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+
+def asrperf_serve_argv(serve_args: Sequence[str]) -> list[str]:
+    """The `asrperf serve` command line in this interpreter (host, port and port file are added)."""
+    return [sys.executable, "-m", "asrperf", "serve", *serve_args]
+
+
+@contextmanager
+def server_process(command: Sequence[str], startup_timeout_s: float = 900.0, stop_timeout_s: float = 90.0,
+                   env: dict[str, str] | None = None) -> Iterator[RunningServer]:
+    """Start `command` (a server accepting --host/--port/--port-file), yield it once it listens."""
+    with tempfile.TemporaryDirectory(prefix="asrperf-serve-") as tmp:
+        port_file, log_path = Path(tmp) / "port", Path(tmp) / "server.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen([*command, "--host", LOOPBACK, "--port", "0", "--port-file", str(port_file)],
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, **(env or {})})
+        server = RunningServer("", proc, log_path)
+        try:
+            deadline = time.monotonic() + startup_timeout_s
+            while not port_file.is_file():
+                if proc.poll() is not None:
+                    raise AsrperfError(f"the server exited with code {proc.returncode} before listening:\n"
+                                       f"{server.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise AsrperfError(f"the server did not listen within {startup_timeout_s:g} s; its log:\n"
+                                       f"{server.log_tail()}")
+                time.sleep(0.05)
+            server.url = f"http://{LOOPBACK}:{int(port_file.read_text())}"
+            yield server
+        finally:
+            stop(proc, stop_timeout_s)
+
+
+def stop(proc: subprocess.Popen, timeout_s: float) -> int:
+    """SIGTERM (graceful drain), then SIGKILL after `timeout_s`; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def health(url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """An asrperf server's /health (its model, engine and batcher settings); None from other servers."""
+    import httpx
+
+    try:
+        response = httpx.get(url.rstrip("/") + "/health", timeout=timeout_s, trust_env=False)
+        body = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, json.JSONDecodeError, ValueError):
+        return None
+    return body if isinstance(body, dict) and "max_batch_size" in body else None
+
+
+def wait_idle(url: str, timeout_s: float = 60.0) -> bool:
+    """Wait until an asrperf server's queue is empty and its engine idle (between probes)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        h = health(url)
+        if h is None or (h.get("queued", 0) == 0 and h.get("in_compute", 0) == 0):
+            return True
+        time.sleep(0.05)
+    return False
