@@ -235,62 +235,6 @@ class Flops(Section):
     peak_method: str | None = doc("how the peaks were measured")
 
 
-@dataclass(frozen=True)
-class MaxThroughput(Section):
-    name: ClassVar[str] = "max_throughput"
-
-    max_throughput_samples_per_s: float | None = doc("best clips per second over the batch-size search")
-    max_throughput_batch_size: int | None = doc("the batch that reached it")
-    max_throughput_latency_s_p50: float | None = doc("median seconds per call at that batch")
-    max_throughput_peak_memory_bytes: int | None = doc("peak device memory at that batch")
-    max_throughput_stop_reason: str | None = doc("why the search stopped: oom, memory_budget, plateau, max_batch")
-    max_throughput_probes: list | None = doc("every batch size tried, with its figures")
-
-
-@dataclass(frozen=True)
-class Profile(Section):
-    name: ClassVar[str] = "profile"
-
-    op_categories: list | None = doc("[{category, self_ms per call, share}]")
-    op_timeline: str | None = doc("device or cpu: the timeline self times come from")
-    uncategorised_ops: list | None = doc("[{name, self_ms}] of 'other'")
-    stages: list | None = doc("[{stage, ms per call, share, nested}]")
-    profiled_calls: int | None = doc("calls recorded by the profiler")
-    profiled_latency_s: float | None = doc("mean seconds per profiled call")
-    profiled_latencies_s: list | None = doc("seconds of each profiled call")
-    trace_path: str | None = doc("gzipped Chrome trace")
-    profile_missing_reason: str | None = doc("why there is no profile")
-    roofline: list | None = doc("per stage: FLOPs, bytes, achieved vs peaks, bound")
-    roofline_missing_reason: str | None = doc("why there is no roofline")
-    roofline_calls_s: list | None = doc("seconds of the unprofiled roofline calls")
-    roofline_bytes_method: str | None = doc("how bytes were counted")
-    roofline_time_method: str | None = doc("how stage times were measured")
-    roofline_overhead_factor: float | None = doc("time over the bound above which a stage is overhead-bound")
-
-
-@dataclass(frozen=True)
-class Decode(Section):
-    name: ClassVar[str] = "decode"
-
-    autoregressive_decoder: bool | None = doc("the model has an autoregressive decoder (None: unknown)")
-    decode_missing_reason: str | None = doc("why the decoder could not be measured")
-    decode_share: float | None = doc("decode seconds / call seconds")
-    decode_s_per_call: float | None = doc("decode seconds per call")
-    call_s_per_call: float | None = doc("call seconds per call")
-    tokens_per_s: float | None = doc("decoder steps x batch / decode seconds")
-    first_token_ms: float | None = doc("call start to the end of the first decoder step, ms")
-    decoder_steps_per_call: float | None = doc("decoder steps per call")
-    encoder_forwards_per_call: float | None = doc("encoder forwards per call")
-    decode_calls: int | None = doc("calls measured")
-    decode_share_method: str | None = doc("how the share was measured")
-    decode_curve: list | None = doc("[{position, ms, kv_cache, decoding}]")
-    decode_curve_summary: list | None = doc("per setting: tokens, tokens/s, ms per token")
-    decode_curve_tokens: int | None = doc("tokens in the curve")
-    decode_curve_repeats: int | None = doc("repeats per setting")
-    decode_curve_method: str | None = doc("how the curve was measured")
-    decode_curve_missing_reason: str | None = doc("why there is no curve")
-
-
 SECTIONS: dict[str, type[Section]] = {}
 _FIELD_SECTION: dict[str, str] = {}
 
@@ -307,7 +251,7 @@ def register_section(cls: type[Section]) -> type[Section]:
     return cls
 
 
-for _cls in (Identity, Provenance, Latency, Accuracy, Energy, Memory, Flops, MaxThroughput, Profile, Decode):
+for _cls in (Identity, Provenance, Latency, Accuracy, Energy, Memory, Flops):
     register_section(_cls)
 
 
@@ -420,3 +364,7 @@ def describe() -> list[tuple[str, str, str, str]]:
         for f in dataclasses.fields(cls):
             out.append((name, f.name, str(hints[f.name]).replace("typing.", ""), f.metadata.get("doc", "")))
     return out
+
+
+# the built-in scenarios' sections register themselves on import
+from asrperf.results import sections as _sections  # noqa: E402,F401  (after Section and register_section exist)
