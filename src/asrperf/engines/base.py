@@ -1,6 +1,9 @@
 """The small interface every engine implements, and what it reports about itself.
 
 Measurement code never checks an engine's name: it calls `synchronize()` and reads `info()`.
+Scenarios reach an engine only through what `Engine` declares here (tests/test_engine_surface.py
+checks it): the decode scenario through `decoder()` and `forced_decode()`, the profiler through
+`device_type()`, `stages()` and `flop_stages()`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ torch and transformers are imported inside functions: importing this module cost
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -67,7 +68,7 @@ def bundled_sources(cache_dir: Path) -> dict[str, Callable[[], Path]]:
     return {"openai/whisper-tiny.en": lambda: ensure_tiny_en_hf(cache_dir)}
 
 
-class FamilyAdapter:
+class FamilyAdapter(ABC):
     """One model family in the transformers engine: how its models are built, marked and run.
 
     Class level (before a model exists): `random` / `pretrained` build (model, feature extractor,
@@ -106,20 +107,23 @@ class FamilyAdapter:
         return model, processor.feature_extractor, processor.tokenizer
 
     @classmethod
+    @abstractmethod
     def _new_model(cls, tf: Any, config: Any) -> Any:
-        raise NotImplementedError
+        """The family's model class built from `config` (called on the meta device)."""
 
     @classmethod
     def _after_random_fill(cls, model: Any) -> None:
         """What random weights need beyond random_fill (nothing, unless a family says so)."""
 
     @classmethod
+    @abstractmethod
     def _random_front_end(cls, tf: Any, model: Any, cache_dir: Path) -> tuple[Any, Any]:
-        raise NotImplementedError
+        """(feature extractor, tokenizer) for a random `model`: its real input, a stand-in vocabulary."""
 
     @classmethod
+    @abstractmethod
     def _from_pretrained(cls, tf: Any, path: str) -> tuple[Any, Any]:
-        raise NotImplementedError
+        """(model, processor) of the checkpoint in `path`."""
 
     @classmethod
     def compile(cls, model: Any, tf: Any, mode: str) -> None:
@@ -149,17 +153,17 @@ class FamilyAdapter:
         """Mark the family's nested stages inside "model" with forward hooks (skipped under
         torch.compile: the marks open in a pre-hook and close in a post-hook, which it cannot trace)."""
 
+    @abstractmethod
     def transcribe(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
         """The timed call, already under torch.inference_mode."""
-        raise NotImplementedError
 
     def flop_stages(self) -> dict[str, str]:
         """Top-level module class -> role (Engine.flop_stages); none by default."""
         return {}
 
+    @abstractmethod
     def decoder(self) -> DecoderAccess:
         """Engine.decoder for this family."""
-        raise NotImplementedError
 
     def forced_decode(self, audios: list[np.ndarray], sample_rate: int) -> ForcedDecode:
         """Engine.forced_decode for this family; refused unless the family has one."""
