@@ -10,7 +10,8 @@ from asrperf.data.audio import SAMPLE_RATE
 from asrperf.data.clips import ClipCache, prepare_clips
 from asrperf.data.sources import BuiltinSource
 from asrperf.engines.catalog import resolve
-from asrperf.engines.hf import STAGES, TransformersEngine
+from asrperf.engines.hf import TransformersEngine
+from asrperf.engines.hf_families import STAGES
 from asrperf.measure.ops import categorize
 from asrperf.measure.timer import time_calls
 from asrperf.scenarios.profile import profile_cell

@@ -1,12 +1,16 @@
 """The small interface every engine implements, and what it reports about itself.
 
 Measurement code never checks an engine's name: it calls `synchronize()` and reads `info()`.
+Scenarios reach an engine only through what `Engine` declares here (tests/test_engine_surface.py
+checks it): the decode scenario through `decoder()` and `forced_decode()`, the profiler through
+`device_type()`, `stages()` and `flop_stages()`.
 """
 
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,22 @@ class Transcription:
 
     texts: list[str]
     tokens: list[int]  # generated tokens (seq2seq) or CTC frames decoded to non-blank labels
+
+
+@dataclass(frozen=True)
+class DecoderAccess:
+    """What the decode scenario can reach of an engine's autoregressive decoder (`Engine.decoder()`)."""
+
+    # the torch module whose forward is one decoder step: a root forward (measure.stages) called
+    # once per generated token, told apart from the encoder's by identity; None when unreachable
+    step_module: Any = None
+    autoregressive: bool | None = None  # the model has such a decoder (None: the engine cannot tell)
+    missing_reason: str | None = None  # why step_module is None
+    forced_missing_reason: str | None = None  # why forced_decode() cannot run; None when it can
+
+
+# run(n_tokens, use_cache, num_beams): one generate() forced to n_tokens new tokens (Engine.forced_decode)
+ForcedDecode = Callable[[int, bool, int], Any]
 
 
 class Engine(ABC):
@@ -94,6 +114,33 @@ class Engine(ABC):
         has neither (CTC: one forward per clip) or does not run as torch modules.
         """
         return {}
+
+    def device_type(self) -> str:
+        """"cpu" or "cuda": where the loaded model's work runs, so the profiler knows whether to
+        record CUDA kernels (call after load). By default read from info()["device"]."""
+        return str(self._info.get("device", "cpu")).partition(":")[0]
+
+    def decoder(self) -> DecoderAccess:
+        """The autoregressive decoder as the decode scenario measures it: the torch module of one
+        decoder step, whether the model has a decoder, and why a step or a forced decode is out of
+        reach. By default out of reach: outside torch no forward can be hooked, and an engine on
+        torch has to say which of its modules is the step."""
+        if self.runs_torch:
+            reason = f"engine {self.name} does not say which torch module runs one decoder step"
+        else:
+            reason = f"engine {self.name} runs its model outside torch: its decoder steps cannot be hooked"
+        return DecoderAccess(missing_reason=reason, forced_missing_reason=reason)
+
+    def forced_decode(self, audios: list[np.ndarray], sample_rate: int) -> ForcedDecode:
+        """Prepare the first 30 s window of each waveform in `audios` once (features on the device,
+        the decoder prompt) and return run(n_tokens, use_cache, num_beams), which runs the engine's
+        generate on them forced to exactly n_tokens new tokens each (end-of-text disabled), with or
+        without the KV cache, greedy or with num_beams beams. Raises ModelError where
+        decoder().forced_missing_reason says it cannot."""
+        from asrperf.errors import ModelError
+
+        reason = self.decoder().forced_missing_reason or "it has no forced-length decode"
+        raise ModelError(f"engine {self.name} cannot decode a forced token count: {reason}")
 
 
 def cpu_threads() -> int:

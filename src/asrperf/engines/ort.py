@@ -145,7 +145,7 @@ class OnnxRuntimeEngine(Engine):
         encoder, decoder = (self._session(ort, folder / f, providers, spinning=False) for f in files)
         # the transformers engine keeps its feature extraction, prompt, generate call and detokenising;
         # only its model is replaced, by one whose encoder and decoder are the two sessions
-        inner.model = ort_whisper.ort_whisper_model(inner.model, encoder, decoder, self.device)
+        inner.replace_model(ort_whisper.ort_whisper_model(inner.model, encoder, decoder, self.device))
         self._whisper = inner
         gc.collect()  # the torch layers sit in reference cycles (forward hooks): free them before memory is read
         self._info.update(

@@ -1,7 +1,7 @@
 """The decode scenario: the autoregressive decoder's cost per token, and its share of a call.
 
-Two measurements, both on transformers' own `generate` with root-forward hooks
-(`measure.stages`) that synchronise the device at each encoder / decoder-step forward:
+Two measurements, both with root-forward hooks (`measure.stages`) that synchronise the device at
+each encoder / decoder-step forward, told apart by the engine's step module (`Engine.decoder()`):
 
 1. The engine's real calls (`engine.transcribe`, the latency scenario's timed region): per call,
    the decode time (the sum of inter-token intervals: from the end of the encoder, or of the
@@ -9,9 +9,10 @@ Two measurements, both on transformers' own `generate` with root-forward hooks
    share of the call's wall time, tokens per second (decoder steps x batch / decode time) and the
    time to first token (call start to the end of the first decoder step: feature extraction,
    encoder and the prompt step).
-2. The per-token curve: `generate` on the cell's first batch (first 30 s window), forced to
-   `curve_tokens` new tokens (end-of-text disabled, so every setting decodes the same length),
-   for KV cache on / off x greedy / beam search with 4 beams. Position p's time is the interval
+2. The per-token curve: the engine's forced-length decode (`Engine.forced_decode`: transformers'
+   `generate`) on the cell's first batch (first 30 s window), forced to `curve_tokens` new tokens
+   (end-of-text disabled, so every setting decodes the same length), for KV cache on / off x
+   greedy / beam search with 4 beams. Position p's time is the interval
    that produced the p-th new token (position 1 runs the prompt and, with the cache, fills the
    cross-attention keys / values), the median over `repeats` runs. Without the cache each step
    re-runs the decoder over every token so far and recomputes the cross-attention keys and
@@ -19,14 +20,14 @@ Two measurements, both on transformers' own `generate` with root-forward hooks
    position: a step's work depends on the position, not on which token was chosen.
 
 A model with no autoregressive decoder (CTC) gets a row that says so; so does an engine whose
-model does not run in torch (its steps cannot be hooked).
+model does not run in torch (its steps cannot be hooked). A transducer gets the first measurement
+and a curve that says why it is missing: its loop length is set by the audio, not a token count.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 from asrperf.config import TimingConfig
@@ -44,27 +45,6 @@ CURVE_METHOD = (f"transformers generate forced to a fixed token count (end-of-te
                 f"decoder step, device synchronised), median over repeats; beam{BEAMS} = num_beams {BEAMS}")
 SHARE_METHOD = ("decode time = sum of inter-token intervals (encoder end to each decoder step's end) inside "
                 "engine.transcribe; share = decode time / call wall time, over the timed calls")
-
-
-def decoder_of(engine: Engine) -> tuple[Any | None, bool | None, str | None]:
-    """(seq2seq torch model, True, None), or (None, has-a-decoder or None if unknown, why it cannot be measured)."""
-    model = getattr(engine, "model", None)
-    if not engine.runs_torch or model is None:
-        return None, None, f"engine {engine.name} runs its model outside torch: its decoder steps cannot be hooked"
-    if not getattr(model.config, "is_encoder_decoder", False):
-        return None, False, ("no autoregressive decoder: a CTC model runs one forward per call and a greedy "
-                             "argmax over frames")
-    return model, True, None
-
-
-def _prompt(engine: Engine) -> list[int]:
-    """The decoder prompt Whisper decodes after: <|startoftranscript|> <|notimestamps|>, with
-    <|en|> <|transcribe|> between them for multilingual models (as the engine's own decoding)."""
-    names = ["<|startoftranscript|>", "<|notimestamps|>"]
-    if not engine.spec.english_only:
-        names[1:1] = ["<|en|>", "<|transcribe|>"]
-    vocab = engine.model.config.vocab_size
-    return [t % vocab for t in engine.tok.convert_tokens_to_ids(names)]
 
 
 def _natural(engine: Engine, model: Any, clips: list[Clip], batch_size: int, timing: TimingConfig) -> dict[str, Any]:
@@ -101,33 +81,9 @@ def _natural(engine: Engine, model: Any, clips: list[Clip], batch_size: int, tim
     }
 
 
-def _generate_fn(engine: Engine, model: Any, clips: list[Clip], batch_size: int) -> Callable[[int, bool, int], Any]:
-    """generate(n_tokens, use_cache, num_beams) on the first window of the cell's first batch."""
-    import torch
-    from transformers import GenerationMixin
-
-    audios = [c.audio[: 30 * c.sample_rate] for c in batch_for_call(clips, batch_size, 0)]
-    feats = engine.fe(audios, sampling_rate=clips[0].sample_rate, return_tensors="pt")
-    features = feats.input_features.to(engine.device, engine.dtype)
-    prefix = torch.tensor([_prompt(engine)] * batch_size, device=engine.device)
-
-    def run(n_tokens: int, use_cache: bool, num_beams: int) -> Any:
-        length = prefix.shape[1] + n_tokens  # prompt + new tokens: exactly n_tokens steps
-        with torch.inference_mode():
-            # as the engine's fixed-token decoding: no end-of-text, no suppression processors
-            return GenerationMixin.generate(
-                model, input_features=features, decoder_input_ids=prefix, min_length=length,
-                max_length=length, do_sample=False, num_beams=num_beams, use_cache=use_cache,
-                eos_token_id=None, pad_token_id=0, forced_decoder_ids=None, suppress_tokens=None,
-                begin_suppress_tokens=None, length_penalty=1.0, early_stopping=False,
-            )
-
-    return run
-
-
 def _curve(engine: Engine, model: Any, clips: list[Clip], batch_size: int, n_tokens: int,
            repeats: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    generate = _generate_fn(engine, model, clips, batch_size)
+    generate = engine.forced_decode([c.audio for c in batch_for_call(clips, batch_size, 0)], clips[0].sample_rate)
     points, summary = [], []
     for use_cache, decoding in CURVE_SETTINGS:
         beams = 1 if decoding == "greedy" else BEAMS
@@ -151,12 +107,15 @@ def _curve(engine: Engine, model: Any, clips: list[Clip], batch_size: int, n_tok
 def run_decode(engine: Engine, clips: list[Clip], batch_size: int, timing: TimingConfig,
                curve_tokens: int, curve_note: str = "") -> dict[str, Any]:
     """The decode scenario's row fields; `curve_tokens` 0 skips the curve (`curve_note` says why)."""
-    model, has_decoder, reason = decoder_of(engine)
+    access = engine.decoder()
+    model = access.step_module
     if model is None:
-        return {"autoregressive_decoder": has_decoder, "decode_missing_reason": reason}
+        return {"autoregressive_decoder": access.autoregressive, "decode_missing_reason": access.missing_reason}
     row: dict[str, Any] = {"autoregressive_decoder": True}
     row.update(_natural(engine, model, clips, batch_size, timing))
-    if curve_tokens > 0:
+    if curve_tokens > 0 and access.forced_missing_reason is not None:
+        row.update(decode_curve=None, decode_curve_missing_reason=access.forced_missing_reason)
+    elif curve_tokens > 0:
         points, summary = _curve(engine, model, clips, batch_size, curve_tokens, max(1, timing.min_calls))
         row.update(decode_curve=points, decode_curve_summary=summary, decode_curve_tokens=curve_tokens,
                    decode_curve_repeats=max(1, timing.min_calls), decode_curve_method=CURVE_METHOD)

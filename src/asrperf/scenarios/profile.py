@@ -42,7 +42,7 @@ def profile_cell(engine: Engine, clips: list[Clip], batch_size: int, out_dir: st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trace_path = out_dir / f"{name}.trace.json"
-    on_cuda = getattr(getattr(engine, "device", None), "type", "cpu") == "cuda"
+    on_cuda = engine.device_type() == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU]
     if on_cuda:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
