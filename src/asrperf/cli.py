@@ -35,12 +35,19 @@ def _floats(text: str | None, key: str) -> tuple[float, ...] | None:
         raise ConfigError(f"--{key}: '{text}' is not a comma-separated list of numbers") from None
 
 
+def _ints(values: tuple[float, ...] | None, key: str) -> tuple[int, ...]:
+    if values and any(v != int(v) for v in values):
+        raise ConfigError(f"--{key}: {', '.join(f'{v:g}' for v in values)} must be whole numbers")
+    return tuple(int(v) for v in values or ())
+
+
 def _build_config(
     config: Optional[Path], models: list[str], lengths: str | None, batch: str | None, device: list[str],
     threads: str | None, n_clips: int | None, store: Path | None, cache_dir: Path | None, isolate: bool | None,
     timeout: float | None, manifest: Path | None, folder: Path | None, hf_dataset: str | None,
     hf_config: str | None, split: str | None, weights: str | None, dtype: str | None,
     quant: str | None = None, attn: str | None = None, compile_: bool | None = None, longform: str | None = None,
+    scenario: list[str] | None = None, chunk_ms: str | None = None,
 ) -> RunConfig:
     base = load_config(config) if config else config_from_dict(default_config_dict(), "embedded default")
     changes: dict = {}
@@ -54,6 +61,8 @@ def _build_config(
                        ("batch_sizes", tuple(int(b) for b in _floats(batch, "batch") or ()) or None),
                        ("threads", tuple(int(t) for t in _floats(threads, "threads") or ()) or None),
                        ("devices", tuple(device) or None), ("n_clips", n_clips), ("isolate", isolate),
+                       ("scenarios", tuple(x.strip() for s in scenario or () for x in s.split(",") if x.strip()) or None),
+                       ("chunk_ms", tuple(_ints(_floats(chunk_ms, "chunk-ms"), "chunk-ms")) or None),
                        ("cell_timeout_s", timeout), ("store", str(store) if store else None),
                        ("cache_dir", str(cache_dir) if cache_dir else None)):
         if value is not None:
@@ -90,6 +99,8 @@ def run(
     attn: Optional[str] = typer.Option(None, help="sdpa | eager | flash_attention_2 (CUDA, fp16/bf16), for every model (engine transformers)."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile every model; Whisper decodes with a static KV cache (engine transformers)."),
     longform: Optional[str] = typer.Option(None, help="sequential | batched: Whisper clips over 30 s one window after another (OpenAI), or cut at pauses into windows decoded together (engines transformers, ct2)."),
+    scenario: list[str] = typer.Option([], "--scenario", "-s", help="latency | max_throughput | profile | decode | streaming (repeatable or comma-separated; default latency)."),
+    chunk_ms: Optional[str] = typer.Option(None, "--chunk-ms", help="Streaming chunk sizes in ms, e.g. 500,1000 (scenario streaming)."),
     manifest: Optional[Path] = typer.Option(None, help="CSV/TSV/JSONL manifest with audio and text columns."),
     folder: Optional[Path] = typer.Option(None, help="Folder of audio files with same-name .txt transcripts."),
     hf_dataset: Optional[str] = typer.Option(None, help="Hugging Face dataset name or save_to_disk folder."),
@@ -109,7 +120,8 @@ def run(
 
     cfg = _build_config(config, model, lengths, batch, device, threads, n_clips, store, cache_dir, isolate,
                         timeout, manifest, folder, hf_dataset, hf_config, split, weights, dtype,
-                        quant=quant, attn=attn, compile_=compile_, longform=longform)
+                        quant=quant, attn=attn, compile_=compile_, longform=longform, scenario=scenario,
+                        chunk_ms=chunk_ms)
     if engine:  # the same checkpoints through several engines, side by side
         cfg = dataclasses.replace(cfg, models=tuple(dataclasses.replace(m, engine=e) for e in engine
                                                     for m in cfg.models)).validate()
@@ -124,7 +136,8 @@ def run(
 
         def on_cell(cell, state: str, i: int, n: int) -> None:
             progress.update(prep, visible=False)
-            label = f"{cell.model.display} {cell.clip_length_s:g} s b{cell.batch_size} {cell.device}"
+            chunk = f" {cell.chunk_ms} ms chunks" if cell.chunk_ms else ""
+            label = f"{cell.model.display} {cell.clip_length_s:g} s b{cell.batch_size}{chunk} {cell.device}"
             progress.update(cells_task, visible=True, total=n, completed=i + (state != "running"),
                             description=escape(f"{label}: {state}"[:100]))
             if state.startswith("failed"):

@@ -25,6 +25,9 @@ WEIGHTS_CHOICES = ("auto", "real", "random")
 CLIP_MODES = ("exact", "loop")
 DEFAULT_MAX_BATCH = 64  # max_throughput: the largest batch the search tries unless told
 MAX_DECODE_TOKENS = 440  # Whisper decodes at most 448 positions, prompt included
+STREAM_CLOCKS = ("simulated", "realtime")  # scenarios/stream_clock.py
+CAPACITY_WORKERS = ("threads", "processes")
+MAX_CHUNK_MS = 30_000  # one Whisper window
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,50 @@ class TimingConfig:
 
 
 @dataclass(frozen=True)
+class StreamingConfig:
+    """The streaming scenario's settings, the `[streaming]` table; its chunk sizes are the run's
+    sweep axis `chunk_ms`. Read only when `scenarios` includes "streaming"."""
+
+    clock: str = "simulated"  # STREAM_CLOCKS: compute-aware simulation (no sleeping) or the wall clock
+    agreement: int = 2  # LocalAgreement-n: consecutive hypotheses that must agree to commit a word
+    trim_s: float = 15.0  # LocalAgreement: trim the buffer at a committed sentence end once longer than this
+    prompt_chars: int = 200  # LocalAgreement: committed text from before the buffer given as the prompt
+    left_context_ms: int = 1000  # chunked: audio before each chunk that the model reads again
+    right_context_ms: int = 200  # chunked: audio after each chunk that it waits for (adds to latency)
+    capacity: bool = True  # search the most concurrent real-time streams (the shortest clip length's cells)
+    capacity_workers: str = "threads"  # threads: streams share the cell's engine, one call at a time;
+    # processes: one engine per stream, each in its own process with `capacity_threads` threads
+    capacity_threads: int = 1
+    max_streams: int = 16  # the capacity search's upper bound
+    max_miss_share: float = 0.01  # capacity: streams keep up while at most this share of chunks miss their deadline
+    max_finalization_p90_s: float = 3.0  # capacity: ... and the p90 finalization latency stays within this
+
+    def validate(self) -> "StreamingConfig":
+        for f in dataclasses.fields(self):
+            value, default = getattr(self, f.name), f.default
+            kinds = (int, float) if type(default) is float else (type(default),)
+            if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, kinds):
+                raise ConfigError(f"streaming.{f.name}: {value!r} is not a {type(default).__name__} "
+                                  f"(default {default!r})")
+        _choice("streaming.clock", self.clock, STREAM_CLOCKS)
+        _choice("streaming.capacity_workers", self.capacity_workers, CAPACITY_WORKERS)
+        checks = (("agreement", self.agreement >= 2, "an integer >= 2 (LocalAgreement-2 commits what two updates agree on)"),
+                  ("trim_s", 0 < self.trim_s <= 30, "seconds in (0, 30]: Whisper reads at most 30 s"),
+                  ("prompt_chars", self.prompt_chars >= 0, "characters >= 0"),
+                  ("left_context_ms", self.left_context_ms >= 0, "milliseconds >= 0"),
+                  ("right_context_ms", self.right_context_ms >= 0, "milliseconds >= 0"),
+                  ("capacity", isinstance(self.capacity, bool), "true or false"),
+                  ("capacity_threads", self.capacity_threads >= 1, "threads >= 1"),
+                  ("max_streams", self.max_streams >= 1, "streams >= 1"),
+                  ("max_miss_share", 0 <= self.max_miss_share < 1, "a share in [0, 1), e.g. 0.01"),
+                  ("max_finalization_p90_s", self.max_finalization_p90_s > 0, "seconds > 0"))
+        for key, ok, what in checks:
+            if not ok:
+                raise ConfigError(f"streaming.{key}: {getattr(self, key)!r} must be {what}")
+        return self
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that decides which cells run and how; hashed to identify a run for resume."""
 
@@ -131,6 +178,8 @@ class RunConfig:
     max_batch: int = DEFAULT_MAX_BATCH  # max_throughput scenario: largest batch the search may try
     memory_budget_gib: float = 0.0  # max_throughput scenario: stop before this much device memory (0: none)
     decode_tokens: int = 50  # decode scenario: tokens in the per-token curve (covers positions 1, 10, 50); 0: no curve
+    chunk_ms: tuple[int, ...] = (1000,)  # streaming scenario: the chunk sizes it sweeps (audio per chunk, ms)
+    streaming: StreamingConfig = StreamingConfig()  # streaming scenario: policies, clock, capacity search
     timing: TimingConfig = TimingConfig()
     isolate: bool = True  # each cell in its own process
     cell_timeout_s: float = 1800.0
@@ -149,6 +198,8 @@ class RunConfig:
 
         for s in self.scenarios:
             _choice("scenarios", s, tuple(SCENARIOS))
+        if "streaming" in self.scenarios:
+            self._validate_streaming()
         for length in self.clip_lengths_s:
             if not 0 < length <= 3600:
                 raise ConfigError(f"clip_lengths_s: {length} is not a length in seconds in (0, 3600]")
@@ -170,6 +221,25 @@ class RunConfig:
             raise ConfigError("timing: need warmup_calls >= 0, min_calls >= 1 and max_calls >= min_calls")
         return self
 
+    def _validate_streaming(self) -> None:
+        from asrperf.engines.capabilities import streaming_policy
+        from asrperf.engines.catalog import CATALOG
+
+        if not self.chunk_ms:
+            raise ConfigError("chunk_ms: give at least one chunk size, e.g. [500, 1000]")
+        for c in self.chunk_ms:
+            if isinstance(c, bool) or not isinstance(c, int) or not 10 <= c <= MAX_CHUNK_MS:
+                raise ConfigError(f"chunk_ms: {c!r} must be whole milliseconds in [10, {MAX_CHUNK_MS}]")
+        if not isinstance(self.streaming, StreamingConfig):
+            raise ConfigError("streaming: must be a [streaming] table")
+        self.streaming.validate()
+        for m in self.models:
+            family = CATALOG[m.name].family if m.name in CATALOG else ""
+            if family:
+                streaming_policy(m.engine, family)
+            elif not declaration(m.engine).streaming_policies:
+                streaming_policy(m.engine, "")  # the engine streams nothing: its one-line reason
+
     @property
     def scores_accuracy(self) -> bool:
         """Loop-mode clips repeat audio to fill the length: they have no exact reference to score."""
@@ -184,6 +254,8 @@ class RunConfig:
         d.pop("store"), d.pop("cache_dir"), d.pop("isolate"), d.pop("cell_timeout_s")
         if "decode" not in self.scenarios:  # only the decode scenario reads it: other runs keep their ids
             d.pop("decode_tokens")
+        if "streaming" not in self.scenarios:  # only the streaming scenario reads these
+            d.pop("chunk_ms"), d.pop("streaming")
         for m in d["models"]:  # baseline options are left out: runs from before they existed keep their ids
             for key, base in dataclasses.asdict(VariantOptions()).items():
                 if m[key] == base:
@@ -218,14 +290,15 @@ _TUPLE_FIELDS = {
     "devices": str,
     "threads": int,
     "scenarios": str,
+    "chunk_ms": int,
 }
 
 
 def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
     """Build a validated RunConfig from a TOML-shaped dict: [run], [source], [timing], [[models]]."""
-    check_keys(data, {"run", "source", "timing", "models"}, where)
+    check_keys(data, {"run", "source", "timing", "models", "streaming"}, where)
     run = dict(data.get("run", {}))
-    check_keys(run, _fields(RunConfig) - {"models", "source", "timing"}, f"{where} [run]")
+    check_keys(run, _fields(RunConfig) - {"models", "source", "timing", "streaming"}, f"{where} [run]")
     for key, kind in _TUPLE_FIELDS.items():
         if key in run:
             run[key] = _tuple(run[key], key, kind)
@@ -240,8 +313,13 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
             raise ConfigError(f"{where} [[models]] #{i + 1}: 'name' is required")
         models.append(ModelConfig(**m))
     source = dict(data.get("source", {"kind": "builtin"}))
+    streaming = data.get("streaming", {})
+    if not isinstance(streaming, dict):
+        raise ConfigError(f"{where}: 'streaming' must be a table ([streaming])")
+    check_keys(streaming, _fields(StreamingConfig), f"{where} [streaming]")
     try:
-        cfg = RunConfig(models=tuple(models), source=source, timing=TimingConfig(**timing), **run)
+        cfg = RunConfig(models=tuple(models), source=source, timing=TimingConfig(**timing),
+                        streaming=StreamingConfig(**streaming), **run)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     return cfg.validate()
@@ -281,4 +359,5 @@ def dump_config(cfg: RunConfig) -> str:
     models = d.pop("models")
     source = d.pop("source")
     timing = d.pop("timing")
-    return tomli_w.dumps({"run": d, "source": source, "timing": timing, "models": models})
+    streaming = d.pop("streaming")
+    return tomli_w.dumps({"run": d, "source": source, "timing": timing, "streaming": streaming, "models": models})

@@ -34,10 +34,19 @@ class Clip:
     text: str | None  # None in loop mode
     utterance_ids: tuple[str, ...]
     speech_s: float  # seconds of source audio in the clip; the rest is silence padding
+    # exact mode: where each utterance lies in the clip, [start, end) in samples, in order (the
+    # utterances are laid end to end from sample 0, so "end of speech" is known exactly); loop: ()
+    utterance_bounds: tuple[tuple[int, int], ...] = ()
+    utterance_texts: tuple[str, ...] = ()  # exact mode: each utterance's reference, as joined into `text`
 
     @property
     def audio_s(self) -> float:
         return len(self.audio) / self.sample_rate
+
+    @property
+    def utterance_bounds_s(self) -> tuple[tuple[float, float], ...]:
+        """`utterance_bounds` in seconds from the start of the clip."""
+        return tuple((a / self.sample_rate, b / self.sample_rate) for a, b in self.utterance_bounds)
 
 
 def n_samples(length_s: float, sample_rate: int) -> int:
@@ -63,8 +72,10 @@ def build_exact(utterances: Iterable[Utterance], length_s: float, n: int, sample
     def close() -> None:
         audio = np.zeros(target, dtype=np.float32)
         pos = 0
+        bounds = []
         for u in parts:
             audio[pos : pos + len(u.audio)] = u.audio
+            bounds.append((pos, pos + len(u.audio)))
             pos += len(u.audio)
         clips.append(
             Clip(
@@ -75,6 +86,8 @@ def build_exact(utterances: Iterable[Utterance], length_s: float, n: int, sample
                 text=" ".join(u.text for u in parts),
                 utterance_ids=tuple(u.id for u in parts),
                 speech_s=pos / sample_rate,
+                utterance_bounds=tuple(bounds),
+                utterance_texts=tuple(u.text for u in parts),
             )
         )
 
@@ -146,6 +159,8 @@ class ClipCache:
         index = json.loads(index_path.read_text())
         if len(index["clips"]) < n:
             return None
+        if any(m["text"] is not None and "utterance_bounds" not in m for m in index["clips"][:n]):
+            return None  # an exact-mode entry written before utterance bounds were kept: rebuilt by prepare_clips
         clips = []
         for meta in index["clips"][:n]:
             audio, rate = sf.read(str(folder / meta["file"]), dtype="float32")
@@ -158,6 +173,8 @@ class ClipCache:
                     text=meta["text"],
                     utterance_ids=tuple(meta["utterance_ids"]),
                     speech_s=meta["speech_s"],
+                    utterance_bounds=tuple((int(a), int(b)) for a, b in meta.get("utterance_bounds", ())),
+                    utterance_texts=tuple(meta.get("utterance_texts", ())),
                 )
             )
         return clips
@@ -182,6 +199,8 @@ class ClipCache:
                     "text": c.text,
                     "utterance_ids": list(c.utterance_ids),
                     "speech_s": c.speech_s,
+                    "utterance_bounds": [list(b) for b in c.utterance_bounds],
+                    "utterance_texts": list(c.utterance_texts),
                     "n_samples": len(c.audio),
                 }
             )

@@ -3,7 +3,9 @@
 Measurement code never checks an engine's name: it calls `synchronize()` and reads `info()`.
 Scenarios reach an engine only through what `Engine` declares here (tests/test_engine_surface.py
 checks it): the decode scenario through `decoder()` and `forced_decode()`, the profiler through
-`device_type()`, `stages()` and `flop_stages()`.
+`device_type()`, `stages()` and `flop_stages()`, the streaming scenario through `model_family()`,
+`transcribe_words()` (Whisper), `frame_labels()` / `labels_text()` (CTC, transducers) and
+`align_reference()` (CTC forced alignment).
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from asrperf.errors import ModelError
 from asrperf.measure.memory import LoadedWeights
 from asrperf.options import VariantOptions
 
-__all__ = ["Engine", "LoadedWeights", "ModelSpec", "Transcription", "TIMED_REGION", "GREEDY_DECODING", "cpu_threads"]
+__all__ = ["Engine", "FrameLabels", "LoadedWeights", "ModelSpec", "StreamingUnsupported", "Transcription", "Word",
+           "TIMED_REGION",
+           "GREEDY_DECODING", "cpu_threads"]
 # Inside the timer, for every engine (DESIGN.md "Timed region"): clips are already decoded and
 # resampled; the call covers everything from waveform to text.
 TIMED_REGION = ("feature_extraction", "host_to_device", "model_forward_and_decoding", "detokenize")
@@ -64,6 +69,36 @@ class DecoderAccess:
 
 # run(n_tokens, use_cache, num_beams): one generate() forced to n_tokens new tokens (Engine.forced_decode)
 ForcedDecode = Callable[[int, bool, int], Any]
+
+
+@dataclass(frozen=True)
+class Word:
+    """One recognised (or aligned) word and where it lies in the audio it came from, in seconds."""
+
+    text: str  # as the model wrote it, punctuation attached ("planks,"), no surrounding spaces
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class FrameLabels:
+    """What a frame-synchronous model (CTC, transducer) emitted at each encoder frame of one waveform.
+
+    Frame f covers [f * frame_s, (f + 1) * frame_s) of the waveform. `frames[f]` holds the label ids
+    emitted there: for CTC exactly one id per frame, blank included (`ctc` is True: the text is the
+    CTC collapse of the concatenated ids, so runs continue across any seam); for a transducer the
+    non-blank tokens emitted at that frame, possibly none (the text is their concatenation).
+    """
+
+    frame_s: float  # seconds of audio per encoder frame (the model's total stride)
+    frames: tuple[tuple[int, ...], ...]
+    ctc: bool
+    blank_id: int
+    log_probs: np.ndarray | None = None  # CTC: (frames, vocab) log-softmax, for forced alignment
+
+
+class StreamingUnsupported(ModelError):
+    """An engine method the streaming policies need does not apply to the loaded model (the reason)."""
 
 
 class Engine(ABC):
@@ -137,10 +172,35 @@ class Engine(ABC):
         generate on them forced to exactly n_tokens new tokens each (end-of-text disabled), with or
         without the KV cache, greedy or with num_beams beams. Raises ModelError where
         decoder().forced_missing_reason says it cannot."""
-        from asrperf.errors import ModelError
-
         reason = self.decoder().forced_missing_reason or "it has no forced-length decode"
         raise ModelError(f"engine {self.name} cannot decode a forced token count: {reason}")
+
+    # -- streaming (scenarios/streaming.py): the engine's own decode call, with timings -------------
+    def model_family(self) -> str:
+        """The loaded model's family ("whisper", "ctc", "transducer", "nemo"; "" when unknown): it
+        selects the streaming policy the engine declares for it (EngineDecl.streaming_policies)."""
+        return ""
+
+    def transcribe_words(self, audio: np.ndarray, sample_rate: int, prompt: str = "") -> list[Word]:
+        """One waveform (<= 30 s) decoded with the engine's own decoding, `prompt` as the text
+        that came before it, returning each word with its start and end in seconds (Whisper word
+        timestamps). Raises StreamingUnsupported with the reason where the model cannot."""
+        raise StreamingUnsupported(f"engine {self.name} gives no word timestamps")
+
+    def frame_labels(self, audio: np.ndarray, sample_rate: int) -> FrameLabels:
+        """The labels a frame-synchronous model emits at each encoder frame of `audio` (one forward,
+        greedy). Raises StreamingUnsupported with the reason where the model is not frame-synchronous."""
+        raise StreamingUnsupported(f"engine {self.name} gives no frame-level labels")
+
+    def labels_text(self, ids: list[int]) -> str:
+        """Text of emitted label ids (already collapsed: no blanks, no CTC repeats)."""
+        raise StreamingUnsupported(f"engine {self.name} gives no frame-level labels")
+
+    def align_reference(self, audio: np.ndarray, sample_rate: int, words: list[str]) -> list[Word | None]:
+        """Forced alignment of the reference `words` on `audio`: each word's start and end, None for a
+        word with nothing the model's vocabulary can spell. Raises StreamingUnsupported where the
+        engine has no forced alignment (the streaming scenario then uses offline word timestamps)."""
+        raise StreamingUnsupported(f"engine {self.name} has no forced alignment")
 
 
 def cpu_threads() -> int:

@@ -18,6 +18,11 @@ from asrperf.errors import ConfigError
 
 # Every optimisation option an engine may implement (fields of options.VariantOptions).
 ALL_OPTIONS = ("quant", "attn", "compile", "cuda_graphs", "longform")
+# The streaming policies an engine can declare per model family (scenarios/stream_policies.py):
+# LocalAgreement-n over a growing buffer on word-timestamped decodes (Whisper), and chunks with left
+# and right context whose frame labels are merged at the seams (CTC; transducers without a native
+# cache-aware mode).
+STREAMING_POLICIES = ("local_agreement", "chunked")
 # asrperf dtype -> CTranslate2 compute type. The int8 types quantize the weights at load time
 # (int8 matmuls, activations in the named float type); they exist only for engine ct2.
 CT2_COMPUTE_TYPES = {
@@ -66,6 +71,10 @@ class EngineDecl:
     # (the fp32 reference itself is added by optimize); an engine that cannot run there returns []
     candidates: Candidates = field(default=_no_candidates, compare=False)
     describe: str = ""  # one line for doctor: what it runs
+    # model family -> the streaming policy it runs for that family (STREAMING_POLICIES); a family
+    # not listed cannot stream on this engine
+    streaming_policies: dict[str, str] = field(default_factory=dict, compare=False)
+    streaming_note: str = ""  # why a family it runs has no streaming policy here (shown in the error)
     # the module that registers it, when outside asrperf: a cell's process imports it (run/worker.py)
     plugin_module: str = ""
 
@@ -130,6 +139,18 @@ def declaration(name: str) -> EngineDecl:
         raise ConfigError(f"unknown engine '{name}'; known: {', '.join(ENGINES)}") from None
 
 
+def streaming_policy(engine: str, family: str) -> str:
+    """The streaming policy engine `engine` declares for `family`, or a ConfigError saying where it can stream."""
+    decl = declaration(engine)
+    if family in decl.streaming_policies:
+        return decl.streaming_policies[family]
+    able = [e.name for e in ENGINES.values() if family in e.streaming_policies]
+    note = f" ({decl.streaming_note})" if decl.streaming_note else ""
+    where = f"; engines that stream {family} models: {', '.join(able)}" if able else ""
+    raise ConfigError(f"scenario streaming: engine {engine} has no streaming policy for {family or 'this'} "
+                      f"models{note}{where}")
+
+
 def all_dtypes() -> tuple[str, ...]:
     """Every dtype some registered engine accepts, in declaration order."""
     out: list[str] = []
@@ -143,19 +164,24 @@ register(EngineDecl(
     requires=("torch", "transformers"), families=("whisper", "ctc", "transducer"), dtypes=("fp32", "fp16", "bf16"),
     options=frozenset(ALL_OPTIONS), accuracy_reference=True, candidates=_transformers_candidates,
     describe="Whisper, CTC and transducer models on torch",
+    streaming_policies={"whisper": "local_agreement", "ctc": "chunked", "transducer": "chunked"},
+    streaming_note="transducers stream as plain chunks: transformers has no cache-aware streaming mode",
 ))
 register(EngineDecl(
     name="ct2", target="asrperf.engines.ct2:CTranslate2Engine", extra="ct2",
     requires=("ctranslate2", "faster_whisper"), families=("whisper",), dtypes=tuple(CT2_COMPUTE_TYPES),
     options=frozenset({"longform"}), candidates=_ct2_candidates,
     describe="Whisper through CTranslate2 (faster-whisper)",
+    streaming_policies={"whisper": "local_agreement"},
 ))
 register(EngineDecl(
     name="ort", target="asrperf.engines.ort:OnnxRuntimeEngine", extra="ort",
     requires=("onnxruntime", "onnx", "torch", "transformers"), families=("whisper", "ctc"), dtypes=("fp32", "int8"),
     candidates=_ort_candidates, describe="CTC and Whisper models exported to ONNX",
+    streaming_note="its exported graphs give no word timestamps or frame labels yet; stream with engine transformers",
 ))
 register(EngineDecl(
     name="nemo", target="asrperf.engines.nemo:NemoEngine", extra="nemo", requires=("nemo", "torch"),
     families=("nemo",), dtypes=("fp32",), describe=".nemo checkpoints (CTC, RNN-T, TDT, hybrids)",
+    streaming_note="NeMo's cache-aware streaming is not wired in (nemo is not installed where asrperf is tested)",
 ))

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from asrperf.cache import build_once
-from asrperf.engines.base import GREEDY_DECODING, Engine, LoadedWeights, ModelSpec, Transcription, cpu_threads
+from asrperf.engines.base import (GREEDY_DECODING, Engine, LoadedWeights, ModelSpec, StreamingUnsupported, Transcription,
+                                  Word, cpu_threads)
 from asrperf.engines.capabilities import CT2_COMPUTE_TYPES
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
 from asrperf.engines.ct2_format import WHISPER_SPEC_NAME
@@ -341,6 +342,27 @@ class CTranslate2Engine(Engine):
             lang = self.window_tokenizer.tokenizer.token_to_id(detected[first[owner]][0][0])
             out.append([*self.window_prompt[:slot], lang, *self.window_prompt[slot + 1:]])
         return out
+
+    # -- streaming ----------------------------------------------------------------------------
+    def model_family(self) -> str:
+        return "whisper"
+
+    def transcribe_words(self, audio: np.ndarray, sample_rate: int, prompt: str = "") -> list[Word]:
+        """One <= 30 s window with faster-whisper's word timestamps (DTW over the alignment heads) and
+        `prompt` as initial_prompt; the decoding settings of `transcribe`, without timestamp tokens."""
+        if len(audio) > WINDOW_SAMPLES:
+            raise StreamingUnsupported(f"a streaming buffer of {len(audio) / sample_rate:.1f} s is over Whisper's 30 s window")
+        options = {**self._options(), "word_timestamps": True}
+        segments, _ = self.model.transcribe(audio, without_timestamps=True, initial_prompt=prompt.strip() or None,
+                                            **options)
+        words: list[Word] = []
+        for w in (w for s in segments for w in (s.words or [])):
+            text = w.word.strip()
+            if words and text and not any(ch.isalnum() for ch in text):  # a mark alone belongs to the word before
+                words[-1] = Word(words[-1].text + text, words[-1].start_s, words[-1].end_s)  # marks take no time
+            elif text:
+                words.append(Word(text, float(w.start), float(w.end)))
+        return words
 
     def synchronize(self) -> None:
         """No-op: CTranslate2 returns results to the host, so each call has finished on return."""

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from asrperf.engines.base import (GREEDY_DECODING, DecoderAccess, Engine, ForcedDecode, LoadedWeights, ModelSpec,
-                                  Transcription)
+from asrperf.engines.base import (GREEDY_DECODING, DecoderAccess, Engine, ForcedDecode, FrameLabels, LoadedWeights,
+                                  ModelSpec, Transcription, Word)
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
 from asrperf.engines.hf_families import CtcAdapter, FamilyAdapter, TransducerAdapter, bundled_sources
 from asrperf.engines.hf_whisper import WhisperAdapter
@@ -189,6 +189,25 @@ class TransformersEngine(Engine):
 
     def forced_decode(self, audios: list[np.ndarray], sample_rate: int) -> ForcedDecode:
         return self._run.forced_decode(audios, sample_rate)
+
+    # -- streaming: the family adapter's own decode call -------------------------------------------
+    def model_family(self) -> str:
+        return self._run.family
+
+    def transcribe_words(self, audio: np.ndarray, sample_rate: int, prompt: str = "") -> list[Word]:
+        with self.torch.inference_mode():
+            return self._run.transcribe_words(audio, sample_rate, prompt)
+
+    def frame_labels(self, audio: np.ndarray, sample_rate: int) -> FrameLabels:
+        with self.torch.inference_mode():
+            return self._run.frame_labels(audio, sample_rate)
+
+    def labels_text(self, ids: list[int]) -> str:
+        return self._run.labels_text(ids)
+
+    def align_reference(self, audio: np.ndarray, sample_rate: int, words: list[str]) -> list[Word | None]:
+        with self.torch.inference_mode():
+            return self._run.align_reference(audio, sample_rate, words)
 
     # -- the loaded parts, for engines built on this one (ort) and for tests -------------------------
     @property

@@ -21,7 +21,7 @@ import numpy as np
 
 from asrperf.options import VariantOptions
 from asrperf.data.audio import SAMPLE_RATE
-from asrperf.engines.base import DecoderAccess, ForcedDecode, ModelSpec, Transcription
+from asrperf.engines.base import DecoderAccess, ForcedDecode, FrameLabels, ModelSpec, StreamingUnsupported, Transcription, Word
 from asrperf.engines.catalog import TRANSDUCER_CLASSES
 from asrperf.engines.hf_random import CTC_VOCAB, all_blank, ctc_tokenizer, piece_tokenizer, piece_vocab, random_fill
 from asrperf.errors import ModelError
@@ -170,6 +170,39 @@ class FamilyAdapter(ABC):
         reason = self.decoder().forced_missing_reason or "it has no forced-length decode"
         raise ModelError(f"'{self.spec.name}' ({self.family}) cannot decode a forced token count: {reason}")
 
+    # -- streaming (Engine.transcribe_words, frame_labels, labels_text, align_reference) ---------------
+    def transcribe_words(self, audio: np.ndarray, sample_rate: int, prompt: str = "") -> list[Word]:
+        raise StreamingUnsupported(f"'{self.spec.name}' ({self.family}) gives no word timestamps")
+
+    def frame_labels(self, audio: np.ndarray, sample_rate: int) -> FrameLabels:
+        raise StreamingUnsupported(f"'{self.spec.name}' ({self.family}) is not frame-synchronous")
+
+    def labels_text(self, ids: list[int]) -> str:
+        raise StreamingUnsupported(f"'{self.spec.name}' ({self.family}) is not frame-synchronous")
+
+    def align_reference(self, audio: np.ndarray, sample_rate: int, words: list[str]) -> list[Word | None]:
+        raise StreamingUnsupported(f"'{self.spec.name}' ({self.family}) has no forced alignment")
+
+    def _frame_s(self) -> float:
+        """Seconds of audio per encoder frame: the feature encoder's total stride (wav2vec2 family),
+        or the mel hop times the subsampling factor (FastConformer)."""
+        ratio = getattr(self.model.config, "inputs_to_logits_ratio", None)
+        if ratio:
+            return ratio / SAMPLE_RATE
+        encoder = getattr(self.model.config, "encoder_config", None)
+        factor, hop = getattr(encoder, "subsampling_factor", None), getattr(self.fe, "hop_length", None)
+        if factor and hop:
+            return factor * hop / SAMPLE_RATE
+        raise StreamingUnsupported(f"'{self.spec.name}': its config gives no frame stride")
+
+    def _features(self, audios: list[np.ndarray], sample_rate: int) -> dict[str, Any]:
+        """The model's inputs on its device: the feature extractor names them (the float one first)."""
+        feats = self.fe(audios, sampling_rate=sample_rate, return_tensors="pt", padding="longest")
+        main, *rest = self.fe.model_input_names
+        inputs = {main: feats[main].to(self.device, self.dtype)}
+        inputs.update({name: feats[name].to(self.device) for name in rest if name in feats})
+        return inputs
+
 
 def _waveform_front_end(tf: Any, config: Any) -> tuple[Any, Any]:
     """wav2vec2, HuBERT, Wav2Vec2-Conformer: the normalised raw waveform, the published 32-character vocabulary."""
@@ -244,6 +277,59 @@ class CtcAdapter(FamilyAdapter):
     def decoder(self) -> DecoderAccess:
         return DecoderAccess(autoregressive=False, missing_reason=self.NO_DECODER, forced_missing_reason=self.NO_DECODER)
 
+    def frame_labels(self, audio: np.ndarray, sample_rate: int) -> FrameLabels:
+        """The greedy label (argmax, blank included) and the log-softmax of every frame: the same
+        forward and argmax as `transcribe`."""
+        import torch
+
+        logits = self.model(**self._features([audio], sample_rate)).logits[0].float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        ids = log_probs.argmax(dim=-1).tolist()
+        return FrameLabels(self._frame_s(), tuple((i,) for i in ids), ctc=True, blank_id=self.tok.pad_token_id,
+                           log_probs=log_probs.cpu().numpy())
+
+    def labels_text(self, ids: list[int]) -> str:
+        # the tokenizer's own CTC decode, as `transcribe` uses: repeats grouped, blanks dropped
+        return self.tok.decode(ids).strip()
+
+    def align_reference(self, audio: np.ndarray, sample_rate: int, words: list[str]) -> list[Word | None]:
+        """Viterbi forced alignment of the reference spelled in the model's vocabulary (with the word
+        delimiter between words where the vocabulary has one) on this model's CTC log-probs."""
+        from asrperf.measure.ctc_align import ctc_forced_align
+
+        labels = self.frame_labels(audio, sample_rate)
+        delimiter = getattr(self.tok, "word_delimiter_token_id", None)
+        targets: list[int] = []
+        owners: list[int] = []
+        for k, word in enumerate(words):
+            ids = self._spell(word)
+            if delimiter is not None and targets and ids:
+                targets.append(delimiter)
+                owners.append(-1)
+            targets += ids
+            owners += [k] * len(ids)
+        spans = ctc_forced_align(labels.log_probs, targets, labels.blank_id)
+        out: list[Word | None] = [None] * len(words)
+        for owner, (first, last) in zip(owners, spans):
+            if owner < 0:
+                continue
+            w = out[owner]
+            start = w.start_s if w is not None else first * labels.frame_s
+            out[owner] = Word(words[owner], start, (last + 1) * labels.frame_s)
+        return out
+
+    def _spell(self, word: str) -> list[int]:
+        """`word` as vocabulary ids: as written, upper- or lower-cased, whichever the vocabulary
+        spells with the fewest unknowns; unknown characters (punctuation) are left out."""
+        unk = self.tok.unk_token_id
+        best: list[int] = []
+        for form in dict.fromkeys((word, word.upper(), word.lower())):
+            ids = self.tok(form, add_special_tokens=False).input_ids
+            known = [i for i in ids if i != unk and i != getattr(self.tok, "word_delimiter_token_id", None)]
+            if len(known) > len(best):
+                best = known
+        return best
+
 
 class TransducerAdapter(FamilyAdapter):
     """RNN-T / TDT (Parakeet): the encoder once, then transformers' greedy transducer loop (one
@@ -297,3 +383,28 @@ class TransducerAdapter(FamilyAdapter):
         # generate calls the whole model once per step (prediction network and joint), after the
         # encoder (and its projector) ran as roots of their own
         return DecoderAccess(step_module=self.model, autoregressive=True, forced_missing_reason=self.NOT_FORCED)
+
+    def frame_labels(self, audio: np.ndarray, sample_rate: int) -> FrameLabels:
+        """The tokens the greedy transducer loop emits at each encoder frame: a step's frame is the
+        running sum of the frame advances (blank: 1; TDT: the predicted duration) before it."""
+        inputs = self._features([audio], sample_rate)
+        out = self.model.generate(**inputs, return_dict_in_generate=True)
+        config = self.model.config
+        skip = {config.blank_token_id, config.pad_token_id, self.model.generation_config.decoder_start_token_id}
+        tokens = out.sequences[0].tolist()[1:]  # the start token is not a step
+        advances = out.durations[0].tolist() if out.durations is not None else None
+        if advances is None or len(advances) < len(tokens):
+            raise StreamingUnsupported(f"'{self.spec.name}': transformers did not return the per-step frame "
+                                       "advances of its transducer loop")
+        frame_s = self._frame_s()
+        n_frames = max(1, int(np.ceil(len(audio) / sample_rate / frame_s)))
+        frames: list[list[int]] = [[] for _ in range(n_frames)]
+        frame = 0
+        for token, advance in zip(tokens, advances):
+            if token not in skip:
+                frames[min(frame, n_frames - 1)].append(token)
+            frame += int(advance)
+        return FrameLabels(frame_s, tuple(tuple(f) for f in frames), ctc=False, blank_id=config.blank_token_id)
+
+    def labels_text(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True).strip()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from asrperf.options import VariantOptions
-from asrperf.engines.base import DecoderAccess, ForcedDecode, Transcription
+from asrperf.engines.base import DecoderAccess, ForcedDecode, StreamingUnsupported, Transcription, Word
 from asrperf.engines.hf_families import FamilyAdapter, bundled_sources, mark_module, stage
 from asrperf.engines.windows import WINDOW_S, WINDOW_SAMPLES, plan_windows
 
@@ -26,6 +26,30 @@ from asrperf.engines.windows import WINDOW_S, WINDOW_SAMPLES, plan_windows
 # word: ~3.3 tokens/s. We use 3.0 tokens per second of audio, i.e. 90 per full 30 s window; the
 # real-weight rows record the real count so the figure can be checked (benchmarks/README.md).
 RANDOM_TOKENS_PER_AUDIO_S = 3.0
+# Marks that belong to the word before them (Whisper writes "planks," and "It's" as separate pieces)
+ATTACHED_PUNCTUATION = set("\"'.,!?:;)]}%…")
+
+
+def words_from_tokens(pieces: list[str], ends_s: list[float]) -> list[Word]:
+    """Whisper's text pieces with each piece's end time as words.
+
+    transformers' token timestamps (DTW over the alignment heads) give, for each generated token,
+    the time the alignment moves on to the next one: piece k spans [ends_s[k - 1], ends_s[k]]
+    (from 0 for the first), as its ASR pipeline reads them. A piece that begins with a space begins
+    a word; any other piece continues the word before it. A word ends where its last piece that is
+    not punctuation ends (punctuation takes no time of its own).
+    """
+    words: list[tuple[str, float, float]] = []
+    for k, (piece, end) in enumerate(zip(pieces, ends_s)):
+        start = ends_s[k - 1] if k else 0.0
+        spoken = any(ch not in ATTACHED_PUNCTUATION and not ch.isspace() for ch in piece)
+        if piece.startswith(" ") or not words:
+            if piece.strip():
+                words.append((piece.strip(), start, end))
+            continue
+        text, w_start, w_end = words[-1]
+        words[-1] = (text + piece.strip(), w_start, end if spoken else w_end)
+    return [Word(text, float(start), float(max(start, end))) for text, start, end in words]
 
 
 class WhisperAdapter(FamilyAdapter):
@@ -99,6 +123,31 @@ class WhisperAdapter(FamilyAdapter):
     def decoder(self) -> DecoderAccess:
         # generate() calls the whole model (decoder + LM head) once per step, the encoder apart
         return DecoderAccess(step_module=self.model, autoregressive=True)
+
+    # -- streaming: one window decoded with word timestamps ----------------------------------------
+    def transcribe_words(self, audio: np.ndarray, sample_rate: int, prompt: str = "") -> list[Word]:
+        """Greedy generate on one <= 30 s window, `prompt` as previous text (prompt_ids), with
+        transformers' token timestamps (DTW over the cross-attention alignment heads), grouped into words."""
+        if self.weights == "random":
+            raise StreamingUnsupported(f"'{self.spec.name}' has random weights: a random Whisper decoder never "
+                                       "ends its own text, so it has no words to time; stream real weights")
+        if len(audio) > WINDOW_SAMPLES:
+            raise StreamingUnsupported(f"a streaming buffer of {len(audio) / sample_rate:.1f} s is over Whisper's 30 s window")
+        gen = self.model.generation_config
+        if not getattr(gen, "alignment_heads", None):
+            raise StreamingUnsupported(f"'{self.spec.name}': its generation config has no alignment_heads, so "
+                                       "transformers cannot time its tokens")
+        feats = self.fe([audio], sampling_rate=sample_rate, return_tensors="pt", return_attention_mask=True)
+        kwargs: dict[str, Any] = {"num_beams": 1, "do_sample": False, "return_token_timestamps": True,
+                                  "attention_mask": feats.attention_mask.to(self.device)}
+        if prompt.strip():
+            kwargs["prompt_ids"] = self.tok.get_prompt_ids(prompt.strip(), return_tensors="pt").to(self.device)
+        out = self.model.generate(feats.input_features.to(self.device, self.dtype), generation_config=gen, **kwargs)
+        ids, ends = out["sequences"][0].tolist(), out["token_timestamps"][0].tolist()
+        # every id from <|endoftext|> up is a control token (prompt, language, timestamps)
+        text = [(self.tok.decode([t]), e) for t, e in zip(ids, ends) if t < self.tok.eos_token_id]
+        self.info["token_policy"], self.info["tokens_policy"] = "real", "real (the model's own end-of-text)"
+        return words_from_tokens([p for p, _ in text], [e for _, e in text])
 
     # -- forced length: random weights, and the decode scenario's curve --------------------------
     def prefix(self, rows: int) -> Any:

@@ -269,6 +269,9 @@ class OnnxRuntimeEngine(Engine):
                        for n in rest if n in feats and n in self.session_inputs})
         return self.session.run(["logits"], inputs)[0]
 
+    def model_family(self) -> str:
+        return self.family
+
     def synchronize(self) -> None:
         """No-op: every call ends by reading its results on the host, so it has finished on return."""
 

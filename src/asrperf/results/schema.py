@@ -55,7 +55,7 @@ class Identity(Section):
     enums: ClassVar[dict[str, tuple[str, ...]]] = {"status": STATUSES}
 
     run_id: str | None = doc("the run's id: the config's identity hash")
-    cell_key: str | None = doc("the cell's key within its run: engine|model|weights|variant|device|threads|length|batch|scenario")
+    cell_key: str | None = doc("the cell's key within its run: engine|model|weights|variant|device|threads|length|batch|scenario[|chunk]")
     status: str | None = doc("ok or failed")
     error: str | None = doc("why a failed cell failed, one line")
     engine: str | None = doc("engine name")
@@ -70,6 +70,7 @@ class Identity(Section):
     batch_size: int | None = doc("clips per call (0: the max-throughput search chose)")
     scenario: str | None = doc("the scenario that produced the row")
     isolated: bool | None = doc("the cell ran in its own process")
+    chunk_ms: int | None = doc("streaming: audio per chunk fed to the model, ms (absent for other scenarios)")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""The row sections of the built-in scenarios beyond latency: max throughput, profile, decode and
-server (load probes). Each registers itself with the schema (results/schema.py)."""
+"""The row sections of the built-in scenarios beyond latency: max throughput, profile, decode,
+streaming and server (load probes). Each registers itself with the schema (results/schema.py)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,65 @@ class Decode(Section):
     decode_curve_repeats: int | None = doc("repeats per setting")
     decode_curve_method: str | None = doc("how the curve was measured")
     decode_curve_missing_reason: str | None = doc("why there is no curve")
+
+
+@dataclass(frozen=True)
+class Streaming(Section):
+    """A streaming cell: clips fed in chunks of `chunk_ms` (identity) to the engine's streaming policy.
+    Definitions in measure/streaming.py and the README's "Streaming metrics"."""
+
+    name: ClassVar[str] = "streaming"
+    enums: ClassVar[dict[str, tuple[str, ...]]] = {
+        "stream_policy": ("local_agreement", "chunked"), "stream_clock": ("simulated", "realtime"),
+        "finalization_method": ("frontier", "aligned", "none")}
+
+    stream_policy: str | None = doc("the policy the engine declares for the model: local_agreement or chunked")
+    stream_policy_label: str | None = doc("the policy in words, e.g. chunked (transducer frames, not cache-aware)")
+    stream_policy_settings: dict | None = doc("the policy's settings (agreement, trim_s, prompt_chars; contexts)")
+    stream_clock: str | None = doc("simulated (compute-aware, no sleeping) or realtime (wall clock)")
+    stream_n_streams: int | None = doc("clips streamed, one stream each")
+    stream_n_updates: int | None = doc("policy updates over all streams")
+    stream_n_chunks: int | None = doc("chunks over all streams")
+    first_partial_s_p50: float | None = doc("start of speech to the first shown word, median over streams, s")
+    first_partial_s_max: float | None = doc("start of speech to the first shown word, slowest stream, s")
+    finalization_s_mean: float | None = doc("end of an utterance to its text final, mean over utterances, s")
+    finalization_s_p50: float | None = doc("end of an utterance to its text final, median, s")
+    finalization_s_p90: float | None = doc("end of an utterance to its text final, p90, s")
+    finalization_s_p99: float | None = doc("end of an utterance to its text final, p99, s")
+    finalization_s_max: float | None = doc("end of an utterance to its text final, max, s")
+    finalization_n: int | None = doc("utterances with a finalization time")
+    finalization_missing: int | None = doc("utterances with no final word aligned to them (all deleted)")
+    finalization_method: str | None = doc("frontier (finalised audio passed the end) or aligned (last aligned word committed)")
+    finalization_missing_reason: str | None = doc("why there is no finalization latency")
+    emission_delay_s_p50: float | None = doc("commit time minus the word's reference end, median over words, s")
+    emission_delay_s_p90: float | None = doc("commit time minus the word's reference end, p90, s")
+    emission_delay_s_p99: float | None = doc("commit time minus the word's reference end, p99, s")
+    emission_delay_n: int | None = doc("words with an emission delay")
+    emission_delay_reference: str | None = doc("where the reference word end times come from")
+    emission_delay_missing_reason: str | None = doc("why there is no word emission delay")
+    chunk_rtf_p50: float | None = doc("compute s of a chunk's update / audio s it took, median over chunks")
+    chunk_rtf_p99: float | None = doc("per-chunk compute RTF, p99")
+    deadline_miss_share: float | None = doc("share of chunks whose update finished after the next chunk arrived")
+    keeps_up: bool | None = doc("deadline_miss_share within streaming.max_miss_share: the stream keeps up in real time")
+    revised_word_share: float | None = doc("share of shown (position, word) pairs the final transcript changed")
+    shown_words: int | None = doc("distinct (position, word) pairs shown over all updates")
+    offline_wer: float | None = doc("WER of the same engine transcribing the same clips whole (offline)")
+    stream_wer_delta: float | None = doc("streamed WER minus offline WER (0.01 = one point)")
+    stream_wer_delta_ci_low: float | None = doc("paired bootstrap 95% CI of the delta, low")
+    stream_wer_delta_ci_high: float | None = doc("paired bootstrap 95% CI of the delta, high")
+    stream_wer_delta_paired: bool | None = doc("the delta was paired by clip")
+    stream_wer_n_worse: int | None = doc("clips whose streamed transcript has more word errors than offline")
+    offline_transcripts: list | None = doc("[{clip, ref, hyp}] of the offline pass")
+    stream_samples: list | None = doc("per stream: clip, first partial, finalization and emission samples, every update")
+    capacity_streams: int | None = doc("most concurrent real-time streams that kept up (0: not even one)")
+    capacity_finalization_s_p90: float | None = doc("p90 finalization latency at capacity_streams, s")
+    capacity_deadline_miss_share: float | None = doc("deadline-miss share at capacity_streams")
+    capacity_chunk_rtf_p50: float | None = doc("median per-chunk compute RTF at capacity_streams")
+    capacity_workers: str | None = doc("threads (streams share one engine) or processes (one engine per stream)")
+    capacity_threads: int | None = doc("CPU threads per stream's engine (processes) or of the shared engine (threads)")
+    capacity_stop_reason: str | None = doc("why the search stopped: a probe missed the bounds, or max_streams")
+    capacity_probes: list | None = doc("every stream count tried: its miss share, p90 finalization, verdict")
+    capacity_missing_reason: str | None = doc("why the capacity was not searched in this cell")
 
 
 @dataclass(frozen=True)
@@ -174,5 +233,5 @@ class Server(Section):
     knee_rate_rps: float | None = doc("the sweep's knee: where latency starts to climb")
 
 
-for _cls in (MaxThroughput, Profile, Decode, Server):
+for _cls in (MaxThroughput, Profile, Decode, Streaming, Server):
     register_section(_cls)

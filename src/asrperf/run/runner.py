@@ -165,6 +165,9 @@ def run(
         # window, the same work at any clip length) is measured once per model
         trace_dir=str(Path(cfg.store).parent / "traces" / cfg.identity()),
         decode_tokens=cfg.decode_tokens, decode_curve_length_s=min(cfg.clip_lengths_s),
+        # the stream-capacity search (N concurrent real-time streams) runs once per model and chunk size
+        streaming=cfg.streaming if "streaming" in cfg.scenarios else None,
+        capacity_length_s=min(cfg.clip_lengths_s),
     )
     run_id = cfg.identity()
     keys = prepare(cfg, on_prepare)

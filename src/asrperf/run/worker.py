@@ -21,7 +21,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from asrperf.config import ModelConfig, TimingConfig
+from asrperf.config import ModelConfig, StreamingConfig, TimingConfig
 from asrperf.data.clips import ClipCache
 from asrperf.engines.base import TIMED_REGION, quiet_library_logs
 from asrperf.errors import AsrperfError
@@ -55,9 +55,12 @@ class CellPayload:
         d = json.loads(text)
         c = d["cell"]
         cell = Cell(ModelConfig(**c.pop("model")), **c)
+        settings = dict(d["settings"])
+        if settings.get("streaming") is not None:
+            settings["streaming"] = StreamingConfig(**settings["streaming"])
         return cls(cell=cell, cache_dir=d["cache_dir"], clip_key=d["clip_key"], n_clips=d["n_clips"],
                    timing=TimingConfig(**d["timing"]), accuracy=d["accuracy"], isolated=d["isolated"],
-                   settings=ScenarioSettings(**d["settings"]), plugins=tuple(d["plugins"]))
+                   settings=ScenarioSettings(**settings), plugins=tuple(d["plugins"]))
 
 
 def set_threads(threads: int) -> None:
@@ -113,7 +116,7 @@ def identity_fields(cell: Cell, isolated: bool) -> dict[str, Any]:
     return {"engine": m.engine, "model": m.display, "model_name": m.name, "weights_requested": m.weights,
             "dtype": m.dtype, "variant": m.variant, "device": cell.device, "threads": cell.threads,
             "clip_length_s": cell.clip_length_s, "batch_size": cell.batch_size, "scenario": cell.scenario,
-            "isolated": isolated}
+            "isolated": isolated, **({"chunk_ms": cell.chunk_ms} if cell.chunk_ms else {})}
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,7 @@ def execute(payload: CellPayload) -> CellResult:
             clip_length_s=cell.clip_length_s, batch_size=cell.batch_size, timing=payload.timing, score=score,
             score_missing_reason=why_not, settings=payload.settings, trace_name=_file_name(cell.key),
             meters=_meters(scenario.meters, cell.device, payload.settings, engine),
+            chunk_ms=cell.chunk_ms, model=cell.model, cache_dir=payload.cache_dir,
         )
         fields = scenario.run(ctx)
         # after the calls: long-form and token policy are known now

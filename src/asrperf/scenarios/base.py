@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from asrperf.config import TimingConfig
+    from asrperf.config import ModelConfig, StreamingConfig, TimingConfig
     from asrperf.data.clips import Clip
     from asrperf.engines.base import Engine
     from asrperf.measure.energy import EnergyReader
@@ -31,6 +31,8 @@ class ScenarioSettings:
     trace_dir: str  # profile: where Chrome traces go
     decode_tokens: int  # decode: tokens in the per-token curve (0: none)
     decode_curve_length_s: float  # decode: the clip length whose cell measures the curve
+    streaming: StreamingConfig | None = None  # streaming: policies, clock, capacity search (None: not a streaming run)
+    capacity_length_s: float = 0.0  # streaming: the clip length whose cells search the stream capacity
 
 
 @dataclass
@@ -59,6 +61,9 @@ class CellContext:
     settings: ScenarioSettings
     trace_name: str  # a file-name-safe name for this cell's artefacts
     meters: Meters
+    chunk_ms: int = 0  # streaming: audio per chunk
+    model: ModelConfig | None = None  # the cell's model as configured (streaming capacity: one engine per process)
+    cache_dir: str = ""  # where the clips and converted weights are cached
     # the raw seconds of each warm-up and timed call, kept in the store's samples table
     warmup_s: list[float] = field(default_factory=list)
     samples_s: list[float] = field(default_factory=list)
@@ -74,6 +79,10 @@ class Scenario:
     def batch_sizes(self, configured: tuple[int, ...]) -> tuple[int, ...]:
         """The batch sizes it has cells for, given the configured ones (default: each of them)."""
         return configured
+
+    def chunk_sizes_ms(self, configured: tuple[int, ...]) -> tuple[int, ...]:
+        """The streaming chunk sizes it has cells for (default: none, the single value 0)."""
+        return (0,)
 
     def run(self, ctx: CellContext) -> dict[str, Any]:
         """Measure one cell; returns the row fields of its sections (results/schema.py)."""
