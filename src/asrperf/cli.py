@@ -47,7 +47,7 @@ def _build_config(
     timeout: float | None, manifest: Path | None, folder: Path | None, hf_dataset: str | None,
     hf_config: str | None, split: str | None, weights: str | None, dtype: str | None,
     quant: str | None = None, attn: str | None = None, compile_: bool | None = None, longform: str | None = None,
-    scenario: list[str] | None = None, chunk_ms: str | None = None,
+    scenario: list[str] | None = None, chunk_ms: str | None = None, engines: list[str] | None = None,
 ) -> RunConfig:
     base = load_config(config) if config else config_from_dict(default_config_dict(), "embedded default")
     changes: dict = {}
@@ -55,6 +55,9 @@ def _build_config(
         changes["models"] = tuple(dataclasses.replace(base.models[0], name=m, label="", weights="auto") for m in models)
     per_model = {k: v for k, v in (("weights", weights), ("dtype", dtype), ("quant", quant), ("attn", attn),
                                    ("compile", compile_), ("longform", longform)) if v is not None}
+    if engines:  # the same checkpoints through several engines, side by side (before validation: --dtype int8 -e ct2)
+        changes["models"] = tuple(dataclasses.replace(m, engine=e) for e in engines
+                                  for m in changes.get("models", base.models))
     if per_model:
         changes["models"] = tuple(dataclasses.replace(m, **per_model) for m in changes.get("models", base.models))
     for key, value in (("clip_lengths_s", _floats(lengths, "lengths")),
@@ -121,10 +124,7 @@ def run(
     cfg = _build_config(config, model, lengths, batch, device, threads, n_clips, store, cache_dir, isolate,
                         timeout, manifest, folder, hf_dataset, hf_config, split, weights, dtype,
                         quant=quant, attn=attn, compile_=compile_, longform=longform, scenario=scenario,
-                        chunk_ms=chunk_ms)
-    if engine:  # the same checkpoints through several engines, side by side
-        cfg = dataclasses.replace(cfg, models=tuple(dataclasses.replace(m, engine=e) for e in engine
-                                                    for m in cfg.models)).validate()
+                        chunk_ms=chunk_ms, engines=engine)
     check(cfg)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -178,6 +178,7 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
     limits the tables to those scenarios' sections (the profile command shows only its own)."""
     from asrperf.report.recommend import Thresholds, load_thresholds, recommend, recommendations_table
     from asrperf.report.profile_tables import profile_tables
+    from asrperf.report.streaming_tables import streaming_tables
     from asrperf.report.tables import environment_lines, render_rich, study_tables, to_markdown
     from asrperf.results.store import Store, export_rows
 
@@ -211,7 +212,8 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
             if r.get("trace_path"):
                 console.print(f"trace (open in chrome://tracing or Perfetto): {escape(r['trace_path'])}")
     else:
-        tables = study_tables(rows) + profile_tables(rows) + [recommendations_table(recommend(rows, limits))]
+        tables = (study_tables(rows) + profile_tables(rows) + streaming_tables(rows)
+                  + [recommendations_table(recommend(rows, limits))])
     env_text = [line for r, e in envs for line in environment_lines(e, r)]
     if fmt == "markdown":
         text = to_markdown(tables) + "\n" + "\n".join(f"- {line.strip()}" for line in env_text) + "\n"

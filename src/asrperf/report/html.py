@@ -83,6 +83,13 @@ def _profile_tables_html(rows: list[dict[str, Any]]) -> str:
     return "<h2>Profile and decoder</h2>\n" + "".join(table_html(t) for t in tables) if tables else ""
 
 
+def _streaming_tables_html(rows: list[dict[str, Any]]) -> str:
+    from asrperf.report.streaming_tables import streaming_tables
+
+    tables = streaming_tables(rows)
+    return "<h2>Streaming</h2>\n" + "".join(table_html(t) for t in tables) if tables else ""
+
+
 def _failed_html(rows: list[dict[str, Any]]) -> str:
     failed = [r for r in rows if r.get("status") != "ok"]
     if not failed:
@@ -154,6 +161,7 @@ def render_html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], plots: l
         f'{_e(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))} from the results store.</p>',
         "<h2>Results</h2>\n", tables,
         _profile_tables_html(rows),
+        _streaming_tables_html(rows),
         _recommendations_html(rows, thresholds),
         "<h2>Plots</h2>\n", "".join(_plot_html(p) for p in plots),
         "<h2>Failed cells</h2>\n", _failed_html(rows),

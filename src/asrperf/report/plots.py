@@ -400,8 +400,11 @@ KINDS: tuple[Callable[[list[dict[str, Any]]], list[Plot]], ...] = (
 
 def make_plots(rows: Iterable[dict[str, Any]]) -> list[Plot]:
     """Every figure kind for these rows, in report order; absent data gives a Plot with `missing` set."""
+    from asrperf.report.streaming_plots import STREAMING_KINDS  # built on this module's helpers
+
     rows = list(rows)
-    return [p for kind in KINDS for p in kind(rows)]
+    kinds = KINDS + (STREAMING_KINDS if any(r.get("scenario") == "streaming" for r in rows) else ())
+    return [p for kind in kinds for p in kind(rows)]
 
 
 def write_pngs(plots: Iterable[Plot], out_dir: str | Path) -> list[Path]:

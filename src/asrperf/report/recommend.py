@@ -107,11 +107,13 @@ def _short(r: Row) -> str:
     """A candidate within one scenario, whose clip length is fixed: column, batch, threads."""
     threads = f", {r['threads']} threads" if r.get("threads") is not None else ""
     run = f", run {r['run_id']}" if "_multi_run" in r else ""
-    return f"{column_label(r)}, batch {_batch(r)}{threads}{run}"
+    chunk = f", {r['chunk_ms']} ms chunks" if r.get("chunk_ms") else ""
+    return f"{column_label(r)}{chunk}, batch {_batch(r)}{threads}{run}"
 
 
 def _full(r: Row) -> str:
-    return f"{column_label(r)}, {r['clip_length_s']:g} s, batch {_batch(r)}, {r['device']}" + (
+    chunk = f", {r['chunk_ms']} ms chunks" if r.get("chunk_ms") else ""
+    return f"{column_label(r)}, {r['clip_length_s']:g} s{chunk}, batch {_batch(r)}, {r['device']}" + (
         f", {r['threads']} threads" if r.get("threads") is not None else "") + (
         f", run {r['run_id']}" if "_multi_run" in r else "")
 
@@ -251,7 +253,10 @@ def recommend(rows: Iterable[Row], thresholds: Thresholds = Thresholds()) -> lis
     Let L_max be the longest clip length measured on the device. A configuration is a column
     (model, engine, dtype) at one thread count; WER is the corpus WER of its row's clips.
 
-    - real-time: lowest p90 latency at batch 1 on the measured clip length closest to
+    - live captions (only where streaming rows exist; report/streaming_recommend.py): lowest p90
+      finalization latency among streamed configurations that keep up in real time, within the
+      WER bound on streamed WER. It comes first and takes precedence over real-time for live audio.
+    - real-time: batch-1 latency of whole clips (not streamed): lowest p90 latency at batch 1 on the measured clip length closest to
       `realtime_clip_s`, among configurations with WER ≤ `wer_bound`, whose p90 is below the clip
       length (it keeps pace with live audio) and within `p90_budget_ms` when set.
     - balanced: highest RTFx (audio seconds per compute second) at batch 1 on L_max clips, within
@@ -294,9 +299,19 @@ def _device_recommendations(device: str, rows: list[Row], th: Thresholds) -> lis
     longest = lengths[-1]
     b1 = [r for r in lat if r["batch_size"] == 1]
     wer_txt = f"WER ≤ {_pct(th.wer_bound)}"
-    return [_realtime(device, b1, th), _balanced(device, b1, longest, th, wer_txt), _quality(device, b1, th),
-            _throughput(device, rows, longest, th, wer_txt), _energy(device, lat, longest, th, wer_txt),
-            _edge(device, b1, longest, th, wer_txt)]
+    realtime = _realtime(device, b1, th)
+    out = [_balanced(device, b1, longest, th, wer_txt), _quality(device, b1, th),
+           _throughput(device, rows, longest, th, wer_txt), _energy(device, lat, longest, th, wer_txt),
+           _edge(device, b1, longest, th, wer_txt)]
+    from asrperf.report.streaming_recommend import live_captions  # it builds on this module
+
+    live = live_captions(device, rows, th)
+    if live is None:
+        return [realtime, *out]
+    if live.choice is not None:  # streamed measurements answer "live audio" better than whole-clip latency
+        realtime = dataclasses.replace(realtime, caveats=realtime.caveats + (
+            f"for live audio the streamed '{live.scenario}' row takes precedence: {live.choice}",))
+    return [live, realtime, *out]
 
 
 def _realtime(device: str, b1: list[Row], th: Thresholds) -> Recommendation:
@@ -306,8 +321,8 @@ def _realtime(device: str, b1: list[Row], th: Thresholds) -> Recommendation:
     length = min({r["clip_length_s"] for r in b1}, key=lambda x: (abs(x - th.realtime_clip_s), x))
     budget = f", p90 ≤ {th.p90_budget_ms:g} ms" if th.p90_budget_ms is not None else ""
     closest = "" if math.isclose(length, th.realtime_clip_s) else f" (closest measured to {th.realtime_clip_s:g} s)"
-    criterion = (f"lowest p90 latency, batch 1, {length:g} s clips{closest}; WER ≤ {_pct(th.wer_bound)}, "
-                 f"p90 ≤ clip length (keeps pace with live audio){budget}")
+    criterion = (f"batch-1 latency of whole clips (not streamed): lowest p90 latency, batch 1, {length:g} s "
+                 f"clips{closest}; WER ≤ {_pct(th.wer_bound)}, p90 ≤ clip length (keeps pace with live audio){budget}")
     cands = [r for r in b1 if r["clip_length_s"] == length]
     limit = min(length, th.p90_budget_ms / 1000 if th.p90_budget_ms is not None else math.inf)
     limit_text = f"{_ms(limit)} ({'p90 budget' if limit < length else 'clip length'})"

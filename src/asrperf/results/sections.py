@@ -120,6 +120,8 @@ class Streaming(Section):
     capacity_workers: str | None = doc("threads (streams share one engine) or processes (one engine per stream)")
     capacity_threads: int | None = doc("CPU threads per stream's engine (processes) or of the shared engine (threads)")
     capacity_stop_reason: str | None = doc("why the search stopped: a probe missed the bounds, or max_streams")
+    capacity_max_miss_share: float | None = doc("bound: a stream count keeps up while at most this share of chunks miss")
+    capacity_max_finalization_p90_s: float | None = doc("bound: ... and its p90 finalization is within this, s")
     capacity_probes: list | None = doc("every stream count tried: its miss share, p90 finalization, verdict")
     capacity_missing_reason: str | None = doc("why the capacity was not searched in this cell")
 

@@ -224,6 +224,8 @@ class StreamingScenario(Scenario):
         at = cap.at
         return {"capacity_streams": cap.streams, "capacity_workers": workers, "capacity_threads": threads,
                 "capacity_stop_reason": cap.stop_reason, "capacity_probes": [p.to_row() for p in cap.probes],
+                "capacity_max_miss_share": settings.max_miss_share,
+                "capacity_max_finalization_p90_s": settings.max_finalization_p90_s,
                 "capacity_finalization_s_p90": at.finalization_s_p90 if at else None,
                 "capacity_deadline_miss_share": at.deadline_miss_share if at else None,
                 "capacity_chunk_rtf_p50": at.chunk_rtf_p50 if at else None}
