@@ -24,16 +24,17 @@ FAST_TIMING = {"warmup_calls": 0, "min_calls": 1, "min_time_s": 0.0, "max_calls"
 def run_rows(tmp_path, cache_dir, tiny_source):
     """Run a small config through the runner (config -> run -> store) and return its rows.
 
-    `run_rows(models, lengths=(5,), timing=FAST_TIMING, **run_keys)`: models as in [[models]],
-    extra [run] keys as keywords; every cell must succeed (its error is shown if not).
+    `run_rows(models, lengths=(5,), timing=FAST_TIMING, streaming=None, **run_keys)`: models as in
+    [[models]], a [streaming] table, extra [run] keys as keywords; every cell must succeed (its error
+    is shown if not).
     """
     from asrperf.config import config_from_dict
     from asrperf.results.store import Store
     from asrperf.run.runner import run
 
-    def go(models: list, lengths=(5,), timing: dict = FAST_TIMING, **run_keys) -> list:
+    def go(models: list, lengths=(5,), timing: dict = FAST_TIMING, streaming: dict | None = None, **run_keys) -> list:
         cfg = config_from_dict({
-            "source": tiny_source, "models": models, "timing": timing,
+            "source": tiny_source, "models": models, "timing": timing, "streaming": streaming or {},
             "run": {"clip_lengths_s": list(lengths), "n_clips": 1, "store": str(tmp_path / "r.sqlite"),
                     "cache_dir": str(cache_dir), **run_keys},
         })

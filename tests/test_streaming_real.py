@@ -1,0 +1,100 @@
+"""The streaming scenario on real models: real tiny.en on the built-in corpus through the runner
+(streamed WER against offline, finalization latency), transformers' Whisper word timestamps, and a
+random-weight CTC model streamed in chunks with a real-time capacity search."""
+
+import numpy as np
+import pytest
+
+from asrperf.config import StreamingConfig, TimingConfig
+from asrperf.data.audio import SAMPLE_RATE
+from asrperf.data.clips import ClipCache
+from asrperf.engines.base import ModelSpec, StreamingUnsupported
+from asrperf.engines.catalog import _w2v2, resolve
+from asrperf.engines.hf import TransformersEngine
+from asrperf.run.runner import prepare
+from asrperf.scenarios.base import CellContext, Meters, ScenarioSettings
+from asrperf.scenarios.streaming import StreamingScenario
+
+
+def test_real_tiny_en_streams_within_3_wer_points_of_offline_with_bounded_finalization(run_rows):
+    chunk_s = 1.0
+    (row,) = run_rows([{"name": "whisper-tiny.en", "engine": "ct2", "dtype": "int8"}], lengths=[15], n_clips=2,
+                      scenarios=["streaming"], chunk_ms=[1000], streaming={"capacity": False})
+    assert row["scenario"] == "streaming" and row["chunk_ms"] == 1000 and row["cell_key"].endswith("|chunk=1000ms")
+    assert row["stream_policy"] == "local_agreement" and row["stream_clock"] == "simulated"
+    assert row["wer"] is not None and row["offline_wer"] is not None
+    assert row["stream_wer_delta"] == pytest.approx(row["wer"] - row["offline_wer"])
+    assert abs(row["stream_wer_delta"]) <= 0.03, (row["transcripts"], row["offline_transcripts"])
+    assert row["stream_wer_delta_paired"] is True
+    assert row["finalization_method"] == "aligned" and row["finalization_missing"] == 0
+    assert row["emission_delay_reference"].startswith("offline word timestamps of engine ct2")
+    assert row["emission_delay_n"] > 0.8 * row["ref_words"]
+    for sample in row["stream_samples"]:
+        fields = sample["update_fields"]
+        compute = max(u[fields.index("compute_s")] for u in sample["updates"])
+        # the utterance's last chunk arrives within a chunk of its end, waits at most for the update before
+        # it, is computed, and one more update (a chunk or a compute later, whichever is longer) agrees on it
+        bound = chunk_s + compute + compute + max(chunk_s, compute) + compute
+        fin = sample["finalization_s"]
+        assert len(fin) == 6 and min(fin) > 0, fin
+        assert float(np.median(fin)) <= bound, (fin, bound)
+    assert row["capacity_missing_reason"] == "streaming.capacity = false"
+
+
+@pytest.fixture(scope="module")
+def clips_5s(cache_dir, tiny_source):
+    from asrperf.config import config_from_dict
+
+    cfg = config_from_dict({"source": tiny_source, "models": ["whisper-tiny.en"],
+                            "run": {"clip_lengths_s": [5], "n_clips": 1, "cache_dir": str(cache_dir)}})
+    return ClipCache(cache_dir).load(prepare(cfg)[5.0], 1)
+
+
+def test_transformers_whisper_gives_word_timestamps_on_its_own_decode(cache_dir, clips_5s):
+    engine = TransformersEngine(cache_dir)
+    engine.load(resolve("whisper-tiny.en"), "real", "fp32", "cpu")
+    clip = clips_5s[0]
+    words = engine.transcribe_words(clip.audio, SAMPLE_RATE)
+    assert " ".join(w.text for w in words) == engine.transcribe([clip.audio], SAMPLE_RATE).texts[0]
+    starts, ends = [w.start_s for w in words], [w.end_s for w in words]
+    assert starts == sorted(starts) and all(s <= e for s, e in zip(starts, ends))
+    # "background." ends the second utterance, within 0.3 s of where its audio ends (DTW on 20 ms frames)
+    assert abs(ends[-1] - clip.utterance_bounds_s[1][1]) < 0.3, words
+    assert not getattr(engine.model.generation_config, "return_token_timestamps", False)  # not left switched on
+    # the prompt is text before the buffer: the decode continues after it
+    second = clip.utterance_bounds[1][0]
+    after = engine.transcribe_words(clip.audio[second:], SAMPLE_RATE, prompt="The birch canoe slid on the smooth planks.")
+    assert after and after[0].text.lower().startswith("glue") and "birch" not in [w.text for w in after], after
+
+
+def test_random_ctc_model_streams_in_chunks_with_a_realtime_capacity_search(cache_dir, clips_5s):
+    engine = TransformersEngine(cache_dir)
+    engine.load(ModelSpec("mini-wav2vec2", "ctc", "", _w2v2(32, 1, 2, large=False)), "random", "fp32", "cpu")
+    with pytest.raises(StreamingUnsupported, match="gives no word timestamps"):
+        engine.transcribe_words(clips_5s[0].audio, SAMPLE_RATE)
+    for chunk_ms in (160, 1000):
+        # the capacity search (one wall-clock probe: max_streams 1) in the 1000 ms cell only
+        streaming = StreamingConfig(left_context_ms=500, right_context_ms=100, capacity=chunk_ms == 1000, max_streams=1)
+        settings = ScenarioSettings(energy=False, energy_idle_s=0.0, flops=False, max_batch=1, memory_budget_bytes=None,
+                                    trace_dir="", decode_tokens=0, decode_curve_length_s=5.0, streaming=streaming,
+                                    capacity_length_s=5.0)
+        ctx = CellContext(engine=engine, clips=clips_5s, device="cpu", dtype="fp32", clip_length_s=5.0, batch_size=1,
+                          timing=TimingConfig(), score=False, score_missing_reason="random weights",
+                          settings=settings, trace_name="t", meters=Meters(), chunk_ms=chunk_ms)
+        row = StreamingScenario().run(ctx)
+        assert row["stream_policy"] == "chunked" and row["stream_policy_label"].startswith("chunked (CTC frames")
+        assert row["stream_policy_settings"]["frame_s"] == 0.02
+        assert row["finalization_method"] == "frontier" and row["finalization_n"] == 2
+        # text is final once the chunk holding the utterance's end and the right context are processed
+        sample = row["stream_samples"][0]
+        compute = max(u[4] for u in sample["updates"])
+        assert all(0 < f <= chunk_ms / 1000 + 0.1 + 2 * compute + 0.02 for f in sample["finalization_s"]), sample
+        assert row["revised_word_share"] == 0.0  # chunked CTC only appends
+        assert "wer" not in row and row["emission_delay_missing_reason"] == "no reference timing: random weights"
+        if chunk_ms == 160:
+            assert row["capacity_missing_reason"] == "streaming.capacity = false"
+            continue
+        assert row["capacity_workers"] == "threads" and [p["streams"] for p in row["capacity_probes"]] == [1]
+        probe = row["capacity_probes"][0]
+        assert row["capacity_streams"] == int(probe["kept_up"])
+        assert ("max_streams (1) kept up" in row["capacity_stop_reason"]) == probe["kept_up"]
