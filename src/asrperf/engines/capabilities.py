@@ -147,7 +147,7 @@ def streaming_policy(engine: str, family: str) -> str:
     able = [e.name for e in ENGINES.values() if family in e.streaming_policies]
     note = f" ({decl.streaming_note})" if decl.streaming_note else ""
     where = f"; engines that stream {family} models: {', '.join(able)}" if able else ""
-    raise ConfigError(f"scenario streaming: engine {engine} has no streaming policy for {family or 'this'} "
+    raise ConfigError(f"scenario streaming: engine {engine} has no streaming policy for {family or 'its'} "
                       f"models{note}{where}")
 
 

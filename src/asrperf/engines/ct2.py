@@ -355,8 +355,11 @@ class CTranslate2Engine(Engine):
         options = {**self._options(), "word_timestamps": True}
         segments, _ = self.model.transcribe(audio, without_timestamps=True, initial_prompt=prompt.strip() or None,
                                             **options)
+        # only the window's own decode: with word timestamps faster-whisper moves its seek to the last
+        # word's end and decodes what is left of the window again, which on trailing silence invents words
+        first = next(iter(segments), None)
         words: list[Word] = []
-        for w in (w for s in segments for w in (s.words or [])):
+        for w in (first.words or []) if first is not None else []:
             text = w.word.strip()
             if words and text and not any(ch.isalnum() for ch in text):  # a mark alone belongs to the word before
                 words[-1] = Word(words[-1].text + text, words[-1].start_s, words[-1].end_s)  # marks take no time

@@ -28,7 +28,7 @@ from asrperf.report.tables import MISSING
 # what identifies a cell without its run; "model_name" is the model as configured (the display
 # label may change between runs), "weights_requested" is known even for a cell that failed to load
 IDENTITY = ("model_name", "engine", "dtype", "weights_requested", "clip_length_s", "batch_size", "device", "threads",
-            "scenario", "variant")
+            "scenario", "variant", "chunk_ms")  # chunk_ms: streaming cells only (None elsewhere)
 ENV_KEYS = ("hostname", "cpu_model", "usable_cores", "memory_bytes", "gpus", "platform", "python", "asrperf_version",
             "asrperf_git_commit")
 REGRESSION, IMPROVEMENT = "regression", "improvement"
@@ -175,7 +175,8 @@ def label(row: dict[str, Any]) -> str:
     variant = f" {row['variant']}" if row.get("variant") not in (None, "", "none") else ""
     batch = "searched" if row.get("scenario") == "max_throughput" else row.get("batch_size")
     return (f"{row['model']} ({row['engine']}, {row['dtype']}, {row.get('weights', row.get('weights_requested'))}"
-            f"{variant}) {row['device']} t{row['threads']} {row['clip_length_s']:g} s b{batch} {row['scenario']}")
+            f"{variant}) {row['device']} t{row['threads']} {row['clip_length_s']:g} s b{batch} {row['scenario']}"
+            + (f" {row['chunk_ms']} ms chunks" if row.get("chunk_ms") else ""))
 
 
 def verdict(change: float, ci: tuple[float, float], null: float, exceeds: bool, higher_is_worse: bool) -> str:
@@ -271,6 +272,14 @@ def compare_cells(ra: dict, rb: dict, sa: list[float], sb: list[float], threshol
                                    lambda r: f"best at b{r.get('max_throughput_batch_size')} "
                                              f"(stop: {r.get('max_throughput_stop_reason')})",
                                    lambda r: f"no batch succeeded ({r.get('max_throughput_stop_reason')})"))
+    elif ra.get("scenario") == "streaming":  # no timed calls: the stream's own figures, and the streamed WER
+        for key, name, unit in (("finalization_s_p90", "finalization p90", "s"),
+                                ("deadline_miss_share", "chunks past deadline", "fraction"),
+                                ("capacity_streams", "max real-time streams", "streams")):
+            cell.metrics.append(_plain(ra, rb, key, name, unit, lambda r: f"{r.get('stream_clock')} clock",
+                                       lambda r: r.get("finalization_missing_reason") or r.get("capacity_missing_reason")
+                                       or "not recorded"))
+        cell.metrics += _accuracy(ra, rb, threshold, cell.notes)
     else:
         cell.metrics += _speed(ra, rb, sa, sb, threshold, cell.notes)
         cell.n_calls = (len(sa), len(sb)) if sa and sb else None
