@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from asrperf.config import STREAM_CLOCKS as CLOCKS
 from asrperf.measure.streaming import StreamTrace, Update, chunk_arrivals_s
 from asrperf.scenarios.stream_policies import Policy
-
-CLOCKS = ("simulated", "realtime")
 
 
 def run_stream(policy: Policy, audio: np.ndarray, sample_rate: int, chunk_s: float, clock: str,
