@@ -342,9 +342,6 @@ class Row(Mapping[str, Any]):
         except KeyError:
             return False
 
-    def replace(self, **fields: Any) -> "Row":
-        """A copy with `fields` set (validated)."""
-        return Row.from_flat({**self.flat(), **fields}, strict=not self.extra)
 
 
 def engine_fields(info: Mapping[str, Any]) -> dict[str, Any]:
