@@ -343,7 +343,6 @@ class Row(Mapping[str, Any]):
             return False
 
 
-
 def engine_fields(info: Mapping[str, Any]) -> dict[str, Any]:
     """An engine's `info()` as row fields: what the schema declares as is, the rest in engine_details."""
     known = {k: v for k, v in info.items() if k in _FIELD_SECTION}
