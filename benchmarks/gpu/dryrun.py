@@ -2,8 +2,8 @@
 
 `run.sh --dry-run` runs every stage of the GPU run on these, so the scripts, the configs' keys and
 the whole path (stores, report, summary) are tested where no GPU is lent. What changes: the device
-(cpu), the clip length (5 s, one clip, from the tests' 30-sentence corpus), the models (the three
-smallest, fp32, duplicates merged), batch sizes (1 and 2), the max-throughput bound (2) and the
+(cpu), the clip length (5 s, one clip, from the tests' 30-sentence corpus), the models (the smallest
+Whisper and CTC model of each config, fp32), batch sizes (1 and 2), the max-throughput bound (2) and the
 timing (one timed call). Everything else (scenarios, flops, energy) is the GPU config's.
 
     python benchmarks/gpu/dryrun.py OUT_DIR benchmarks/gpu/*.toml
@@ -17,7 +17,9 @@ from pathlib import Path
 
 from asrperf.config import RunConfig, TimingConfig, dump_config, load_config
 
-DRY_MODELS = ("whisper-tiny.en", "whisper-tiny", "wav2vec2-base")  # one per path: real Whisper, random Whisper, CTC
+# the smallest of each kind, in order of preference: one Whisper (real weights where the config has
+# them) and one CTC model per config
+DRY_MODELS = {"whisper": ("whisper-tiny.en", "whisper-tiny"), "ctc": ("wav2vec2-base",)}
 DRY_SOURCE = {"kind": "builtin", "n_sentences": 30}  # tests/conftest.py's tiny_source: its corpus cache is shared
 DRY_TIMING = TimingConfig(warmup_calls=0, min_calls=1, min_time_s=0.0, max_calls=1, max_time_s=0.0)
 
@@ -25,12 +27,12 @@ DRY_TIMING = TimingConfig(warmup_calls=0, min_calls=1, min_time_s=0.0, max_calls
 def dry_config(cfg: RunConfig) -> RunConfig:
     """`cfg` on the CPU with tiny lengths, models and timing (see the module docstring)."""
     models = []
-    for m in cfg.models:
-        small = dataclasses.replace(m, dtype="fp32", label="")
-        if m.name in DRY_MODELS and small not in models:
-            models.append(small)
+    for names in DRY_MODELS.values():
+        m = next((m for name in names for m in cfg.models if m.name == name), None)
+        if m is not None:
+            models.append(dataclasses.replace(m, dtype="fp32", label=""))
     if not models:
-        raise SystemExit(f"dry run: none of {', '.join(DRY_MODELS)} is in this config's models")
+        raise SystemExit(f"dry run: none of {', '.join(n for ns in DRY_MODELS.values() for n in ns)} is in this config")
     return dataclasses.replace(
         cfg, models=tuple(models), devices=("cpu",), threads=(0,), clip_lengths_s=(5.0,), n_clips=1,
         batch_sizes=(1, 2) if max(cfg.batch_sizes) > 1 else (1,), max_batch=2, source=dict(DRY_SOURCE),

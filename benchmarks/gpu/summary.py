@@ -112,7 +112,7 @@ def model_table(rows: list[dict[str, Any]]) -> list[str]:
         study = STUDY_P100.get(key[0], (None, None, None))
         label = f"{key[0]} ({key[1]}, {key[2]}, {key[3]})"
         out.append(f"{label[:46]:46} {lat_text:>18} {energy:>22} {max_text:>22} {wer:>6} {mfu:>12} {derived:>8} "
-                   f"{_f(peak, ',.0f', 1e-12):>9} | {_f(study[0], ',.1f'):>8} {_f(study[1], '.2f'):>5} {_f(study[2], '.1f'):>6}")
+                   f"{_f(peak, '.3g', 1e-12):>9} | {_f(study[0], ',.1f'):>8} {_f(study[1], '.2f'):>5} {_f(study[2], '.1f'):>6}")
     return out
 
 

@@ -278,13 +278,21 @@ def stage_clips(build_cache: Path, out: Path, configs: list[Path], extra_sources
     cfgs += [config_from_dict({"source": source, "models": [{"name": "whisper-tiny"}],
                                "run": {"clip_lengths_s": [5, 60], "n_clips": 1, "cache_dir": str(build_cache)}})
              for source in extra_sources]
-    keys = sorted({key for cfg in cfgs for key in prepare(cfg).values()})
-    for key in keys:
-        dst = out / "clips" / key
+    wanted: dict[str, int] = {}  # clip key -> clips needed (a cache folder of n clips serves any n or fewer)
+    for cfg in cfgs:
+        for key in prepare(cfg).values():
+            wanted[key] = max(wanted.get(key, 0), cfg.n_clips)
+    for key, n in sorted(wanted.items()):
+        src, dst = build_cache / "clips" / key, out / "clips" / key
         if dst.exists():
             shutil.rmtree(dst)
-        shutil.copytree(build_cache / "clips" / key, dst)
-    return keys
+        dst.mkdir(parents=True)
+        index = json.loads((src / "index.json").read_text())
+        index["clips"] = index["clips"][:n]
+        for meta in index["clips"]:
+            shutil.copy2(src / meta["file"], dst / meta["file"])
+        (dst / "index.json").write_text(json.dumps(index, indent=1))
+    return sorted(wanted)
 
 
 # --------------------------------------------------------------------------- CLI
