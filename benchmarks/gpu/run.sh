@@ -22,7 +22,8 @@
 # 40.8 MiB and built for CUDA 12 (it loads libcublas.so.12; the machine has CUDA 13). ONNX Runtime
 # (engine ort) joins optimize only when the machine's onnxruntime has the CUDA execution provider.
 #
-# Options: --dry-run; --stages a,b,...; --budget-s N (default 540); --out DIR (default $OUT, else
+# Options: --dry-run; --stages a,b,...; --budget-s N (default 540, spread over the chosen stages in
+# proportion to their budgets below); --out DIR (default $OUT, else
 # asrperf-results/gpu); --work DIR (default /tmp/asrperf-gpu, dry run: OUT/work); --stage-dir DIR
 # (default .gpu-stage; optional in the dry run); --cache-dir DIR (use this asrperf cache in place of
 # a copy of the staged one). PYTHON names the interpreter (default python3).
@@ -71,7 +72,7 @@ else
 fi
 
 # seconds per stage; with the summary's reserve they add up to the default 540 s budget
-declare -A BUDGET=([setup]=25 [pytest]=75 [table]=150 [max_throughput]=100 [profile]=40 [optimize]=120 [report]=20)
+declare -A BUDGET=([setup]=25 [pytest]=70 [table]=170 [max_throughput]=95 [profile]=40 [optimize]=110 [report]=20)
 SUMMARY_RESERVE_S=10
 ORDER=(setup pytest table max_throughput profile optimize report)
 IFS=, read -r -a WANTED <<< "$STAGES"
@@ -79,6 +80,10 @@ for s in "${WANTED[@]}"; do
   [ -n "${BUDGET[$s]:-}" ] || { echo "run.sh: unknown stage '$s'; stages: ${ORDER[*]}" >&2; exit 2; }
 done
 wanted() { local s; for s in "${WANTED[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+# --budget-s is spread over the selected stages in proportion to their budgets (540 s for all: 1x)
+planned=$SUMMARY_RESERVE_S
+for s in "${WANTED[@]}"; do planned=$((planned + BUDGET[$s])); done
+for s in "${ORDER[@]}"; do BUDGET[$s]=$((BUDGET[$s] * BUDGET_S / planned)); done
 
 log() { echo "$*" | tee -a "$LOG"; }
 
@@ -122,7 +127,8 @@ stage_pytest() {
     --asrperf-cache "$CACHE" $PYTEST_MODE $PYTEST_PATHS
 }
 
-asrperf_run() { "$PY" -m asrperf run "$CONF/$1" --store "$WORK/gpu.sqlite" --cache-dir "$CACHE"; }
+# a rerun on a warm machine resumes the store: committed ok cells are kept, failed ones run again
+asrperf_run() { "$PY" -m asrperf run "$CONF/$1" --store "$WORK/gpu.sqlite" --cache-dir "$CACHE" --retry-failed; }
 stage_table() { asrperf_run seed_gpu.toml; }
 stage_max_throughput() { asrperf_run max_throughput_gpu.toml; }
 stage_profile() { asrperf_run profile_gpu.toml; }
@@ -132,6 +138,7 @@ stage_optimize() {
   if [ "$DEVICE" != cpu ] && "$PY" -c 'import onnxruntime as o, sys; sys.exit("CUDAExecutionProvider" not in o.get_available_providers())' 2>/dev/null; then
     engines+=(-e ort)
   fi
+  rm -f "$WORK"/optimize.sqlite*  # its variants are compared within one run: a rerun measures them all again
   "$PY" -m asrperf optimize whisper-tiny.en --config "$CONF/optimize_gpu.toml" --device "$DEVICE" --length "$OPT_LENGTH" \
     --weights real "${engines[@]}" $OPT_COMPILE --store "$WORK/optimize.sqlite" --cache-dir "$CACHE" -o "$OUT_DIR/optimized.toml"
 }
