@@ -75,6 +75,12 @@ def test_report_exports_csv_and_json(store, tmp_path):
     assert res.returncode == 0 and "whisper-tiny.en" in res.stdout and "RTFx" in res.stdout
 
 
+def test_report_of_every_run_in_the_store(store, tmp_path):
+    res = _cli("report", "--store", str(store), "--run", "all", "-f", "json", "-o", str(tmp_path / "all.json"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr  # "all" is no run id: it must not be looked up as one
+    assert {r["model"] for r in json.loads((tmp_path / "all.json").read_text())} == {"whisper-tiny.en", "whisper-tiny"}
+
+
 def test_doctor_lists_engines_and_devices(tmp_path):
     res = _cli("doctor", cwd=tmp_path)
     assert res.returncode == 0

@@ -177,7 +177,7 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
         if not runs:
             raise ConfigError(f"{store_path} holds no runs yet; run `asrperf run` first")
         rid = run_id or runs[-1]["run_id"]
-        if rid not in {r["run_id"] for r in runs}:
+        if run_id != "all" and rid not in {r["run_id"] for r in runs}:
             raise ConfigError(f"run '{rid}' is not in {store_path}; runs: {', '.join(r['run_id'] for r in runs)}")
         rows = store.rows(None if run_id == "all" else rid)
         envs = [(r["run_id"], r["env"]) for r in runs if run_id == "all" or r["run_id"] == rid]
