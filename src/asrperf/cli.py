@@ -365,7 +365,7 @@ def optimize(
     path = write_winner(result, base, output)
     w = result.winner
     console.print(f"fastest within +{wer_budget:g} WER points: {escape(w.row['model'])} "
-                  f"({escape(w.model.engine)}, {escape(w.model.dtype)}); wrote {escape(str(path))} "
+                  f"({escape(w.model.engine)}, {escape(w.model.variant)}); wrote {escape(str(path))} "
                   f"(run it with `asrperf run {escape(str(path))}`)")
 
 
