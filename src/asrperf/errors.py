@@ -34,3 +34,7 @@ def require(module: str, needed_for: str, extra: str, package: str | None = None
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(package or module, needed_for, extra) from exc
+
+
+class StoreError(AsrperfError):
+    """The results store cannot be created, opened or read."""

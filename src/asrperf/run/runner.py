@@ -1,8 +1,13 @@
 """Run a config: prepare clips, run each cell (in its own process by default), commit each row.
 
 Resume: the run id is the config's identity, so re-running the same config skips cells already
-committed as ok (and failed ones too unless `retry_failed`). A cell that crashes, runs out of
-memory or times out is committed as failed with its reason, and the run goes on.
+committed as ok (and failed ones too unless `retry_failed`; the summary counts them). A cell that
+crashes, runs out of memory or times out is committed as failed with its reason, and the run goes on.
+
+Runs sharing a store claim each cell before measuring it (results/claims.py): a cell another live
+run is measuring is put off and waited for after the others, a stale claim (its runner was killed)
+is taken over, and an ok row is never replaced. With `wait_quiet_s`, each cell waits (at most that
+long) until the machine is quiet enough not to contend it (measure/contention.py).
 """
 
 from __future__ import annotations
@@ -34,8 +39,11 @@ class RunSummary:
     run_id: str
     store: Path
     ran: int = 0
-    skipped: int = 0
+    skipped: int = 0  # already committed (by an earlier attempt or, meanwhile, another run)
     failed: int = 0
+    skipped_failed: int = 0  # of `skipped`: committed as failed, not retried (retry_failed=False)
+    taken_over: int = 0  # stale claims of killed runs taken over
+    not_quiet: int = 0  # cells measured after --wait-quiet gave up waiting
 
 
 def prepare(cfg: RunConfig, progress: Callable[[str, int, int], None] | None = None) -> dict[float, str]:
@@ -52,7 +60,7 @@ def prepare(cfg: RunConfig, progress: Callable[[str, int, int], None] | None = N
         if progress:
             progress(f"clips of {length:g} s", i, len(cfg.clip_lengths_s))
         prepare_clips(lambda: source.utterances(SAMPLE_RATE), source.key, source.describe(), length,
-                      cfg.n_clips, cache, cfg.clip_mode)
+                      cfg.n_clips, cache, cfg.clip_mode, min_speech_share=cfg.min_speech_share)
         keys[length] = cache.key(source.key, length, cfg.clip_mode, SAMPLE_RATE)
     return keys
 
@@ -132,14 +140,20 @@ def run_isolated(payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 
 
 def check(cfg: RunConfig) -> None:
-    """Fail fast on model and engine names, before any clip or cell work."""
+    """Fail fast on model and engine names, dtypes and devices, before any clip or cell work."""
     from asrperf.engines.catalog import resolve
     from asrperf.engines.registry import ENGINES
+    from asrperf.run.preflight import check_devices, check_dtypes
 
     for m in cfg.models:
         resolve(m.name)
         if m.engine not in ENGINES:
             raise ConfigError(f"unknown engine '{m.engine}' for model {m.name}; known: {', '.join(ENGINES)}")
+    check_dtypes(cfg.models)
+    check_devices(cfg.devices)
+
+
+CLAIM_POLL_S = 2.0  # how often a run re-checks cells another live run is measuring
 
 
 def run(
@@ -147,48 +161,91 @@ def run(
     retry_failed: bool = False,
     on_cell: Callable[[Cell, str, int, int], None] | None = None,
     on_prepare: Callable[[str, int, int], None] | None = None,
+    wait_quiet_s: float | None = None,
 ) -> RunSummary:
-    """Execute every cell of `cfg` not yet committed; returns counts. `on_cell(cell, state, i, n)`."""
-    from asrperf.run.worker import execute
+    """Execute every cell of `cfg` not yet committed; returns counts. `on_cell(cell, state, i, n)`.
+
+    `wait_quiet_s`: before each cell, wait up to this long for a quiet machine (None: do not wait).
+    """
+    from asrperf.results.claims import BUSY, CLAIMED, DONE_OK, Heartbeat, Owner, claim, release
 
     check(cfg)
     run_id = cfg.identity()
-    keys = prepare(cfg, on_prepare)
     cells = expand(cfg)
     summary = RunSummary(run_id, Path(cfg.store))
-    with Store(cfg.store) as store:
+    owner = Owner.here()
+    notify = on_cell or (lambda *a: None)
+    # the store first: a path that cannot be written fails before any clip is built
+    with Store(cfg.store) as store, Heartbeat(cfg.store, owner):
         store.begin_run(run_id, cfg.to_dict(), envmod.capture())
-        done = store.cell_status(run_id)
-        for i, cell in enumerate(cells):
-            status = done.get(cell.key)
-            if status == "ok" or (status == "failed" and not retry_failed):
-                summary.skipped += 1
-                if on_cell:
-                    on_cell(cell, f"skipped (already {status})", i, len(cells))
-                continue
-            if on_cell:
-                on_cell(cell, "running", i, len(cells))
-            payload = {
-                "cell": cell.to_dict(), "cache_dir": cfg.cache_dir, "clip_key": keys[cell.clip_length_s],
-                "n_clips": cfg.n_clips, "timing": asdict(cfg.timing), "score": cfg.scores_accuracy,
-                "timed_region": TIMED_REGION, "isolated": cfg.isolate,
-                "energy": cfg.energy, "energy_idle_s": cfg.energy_idle_s,
-                "flops": cfg.flops, "max_batch": cfg.max_batch, "memory_budget_bytes": int(cfg.memory_budget_gib * 2**30) or None,
-                # profile cells write their Chrome traces beside the store; the decode curve (the
-                # first 30 s window, the same work at any clip length) is measured once per model
-                "trace_dir": str(Path(cfg.store).parent / "traces" / run_id), "cell_key": cell.key,
-                "decode_tokens": cfg.decode_tokens, "decode_curve_length_s": min(cfg.clip_lengths_s),
-            }
-            started = time.time()
-            row = run_isolated(payload, cfg.cell_timeout_s) if cfg.isolate else execute(payload)
-            base = {"engine": cell.model.engine, "model": cell.model.display, "model_name": cell.model.name,
-                    "dtype": cell.model.dtype, "device": cell.device, "threads": cell.threads,
-                    "clip_length_s": cell.clip_length_s, "batch_size": cell.batch_size, "scenario": cell.scenario}
-            row = {**base, **row}
-            warmup, samples = row.pop("warmup_s", []), row.pop("samples_s", [])
-            store.commit_cell(run_id, cell.key, row, started, warmup, samples)
-            summary.ran += 1
-            summary.failed += row["status"] != "ok"
-            if on_cell:
-                on_cell(cell, row["status"] if row["status"] == "ok" else f"failed: {row.get('error')}", i, len(cells))
+        keys = prepare(cfg, on_prepare)
+        pending = list(enumerate(cells))
+        while pending:
+            deferred = []
+            for i, cell in pending:
+                got = claim(store, run_id, cell.key, owner, retry_failed)
+                if got.state == BUSY:
+                    deferred.append((i, cell))
+                    notify(cell, f"waiting: {got.holder.describe()} is measuring it", i, len(cells))
+                    continue
+                if got.state != CLAIMED:
+                    summary.skipped += 1
+                    summary.skipped_failed += got.state != DONE_OK
+                    notify(cell, f"skipped (already {got.state})", i, len(cells))
+                    continue
+                if got.taken_over:
+                    summary.taken_over += 1
+                    notify(cell, f"taking over a stale claim ({got.holder.describe()}: {got.taken_over})", i, len(cells))
+                try:
+                    _measure(cfg, cell, i, len(cells), keys, run_id, store, owner, summary, notify, wait_quiet_s)
+                except BaseException:
+                    release(store, run_id, cell.key, owner)
+                    raise
+            if deferred:
+                time.sleep(CLAIM_POLL_S)
+            pending = deferred
     return summary
+
+
+def _measure(cfg: RunConfig, cell: Cell, i: int, n: int, keys: dict[float, str], run_id: str, store: Store,
+             owner: Any, summary: RunSummary, notify: Callable[[Cell, str, int, int], None],
+             wait_quiet_s: float | None) -> None:
+    """Measure one claimed cell (after waiting for quiet, if asked) and commit its row."""
+    from asrperf.run.worker import execute
+
+    if wait_quiet_s is not None:
+        from asrperf.measure.contention import wait_quiet
+
+        state = wait_quiet(cell.threads, cell.device, wait_quiet_s,
+                           on_wait=lambda w: notify(cell, f"waiting for a quiet machine ({w.describe()}; "
+                                                          f"{w.waited_s:.0f}/{wait_quiet_s:g} s)", i, n))
+        if not state.quiet:
+            summary.not_quiet += 1
+            notify(cell, f"not quiet after {state.waited_s:.0f} s ({state.describe()}): measuring anyway", i, n)
+    notify(cell, "running", i, n)
+    payload = {
+        "cell": cell.to_dict(), "cache_dir": cfg.cache_dir, "clip_key": keys[cell.clip_length_s],
+        "n_clips": cfg.n_clips, "timing": asdict(cfg.timing), "score": cfg.scores_accuracy,
+        "timed_region": TIMED_REGION, "isolated": cfg.isolate,
+        "energy": cfg.energy, "energy_idle_s": cfg.energy_idle_s,
+        "flops": cfg.flops, "max_batch": cfg.max_batch, "memory_budget_bytes": int(cfg.memory_budget_gib * 2**30) or None,
+        # profile cells write their Chrome traces beside the store; the decode curve (the
+        # first 30 s window, the same work at any clip length) is measured once per model
+        "trace_dir": str(Path(cfg.store).parent / "traces" / run_id), "cell_key": cell.key,
+        "decode_tokens": cfg.decode_tokens, "decode_curve_length_s": min(cfg.clip_lengths_s),
+    }
+    started = time.time()
+    row = run_isolated(payload, cfg.cell_timeout_s) if cfg.isolate else execute(payload)
+    base = {"engine": cell.model.engine, "model": cell.model.display, "model_name": cell.model.name,
+            "dtype": cell.model.dtype, "device": cell.device, "threads": cell.threads,
+            "clip_length_s": cell.clip_length_s, "batch_size": cell.batch_size, "scenario": cell.scenario}
+    row = {**base, **row}
+    warmup, samples = row.pop("warmup_s", []), row.pop("samples_s", [])
+    if not store.commit_cell(run_id, cell.key, row, started, warmup, samples, claim_token=owner.token):
+        # another run committed it ok meanwhile (it took over our claim while we were stalled)
+        summary.skipped += 1
+        notify(cell, "skipped (already ok: committed by another run meanwhile)", i, n)
+        return
+    summary.ran += 1
+    summary.failed += row["status"] != "ok"
+    notify(cell, row["status"] if row["status"] == "ok" else f"failed: {row.get('error')}", i, n)

@@ -129,7 +129,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
         idle_s = max([payload.get("energy_idle_s", 0.0)] + [r.min_window_s for r in measured]) if measured else 0.0
         memory = memory_meter(cell["device"], engine.runs_torch, engine.name)
         metrics, timed = run_latency(engine, clips, cell["batch_size"], TimingConfig(**payload["timing"]), score,
-                                     readers, idle_s, memory=memory)
+                                     readers, idle_s, memory=memory, contention=_guard(cell))
         if energy_missing:
             row.update(energy_j=None, energy_missing_reason=energy_missing)
         if payload.get("flops"):
@@ -210,8 +210,17 @@ def _max_throughput(engine: Any, clips: list, device: str, timing: TimingConfig,
         index = torch.device(device).index or 0
         peak, reset = (lambda: torch.cuda.max_memory_allocated(index)), (lambda: torch.cuda.reset_peak_memory_stats(index))
     policy = SearchPolicy(max_batch=payload.get("max_batch", 64), memory_budget_bytes=payload.get("memory_budget_bytes"))
-    result = search(measure_with_engine(engine, clips, timing, peak, reset), policy)
-    return result.to_row()
+    guard = _guard(payload["cell"])
+    result = search(measure_with_engine(engine, clips, timing, peak, reset, contention=guard), policy)
+    merged = guard.merged()
+    return {**result.to_row(), **(merged.to_row() if merged is not None else {})}
+
+
+def _guard(cell: dict[str, Any]) -> Any:
+    """The busy-machine guard of the cell's timed windows (measure/contention.py)."""
+    from asrperf.measure.contention import contention_guard
+
+    return contention_guard(cell["threads"], cell["device"])
 
 
 def main(argv: list[str]) -> int:

@@ -110,6 +110,7 @@ class Probe:
     latency_s_p50: float | None = None
     peak_memory_bytes: int | None = None
     error: str | None = None
+    contended: bool | None = None  # the busy-machine guard's verdict on this probe's window
 
     @property
     def ok(self) -> bool:
@@ -270,9 +271,12 @@ def measure_with_engine(
     timing: Any,
     peak_memory: Callable[[], int | None] | None = None,
     reset_peak: Callable[[], None] | None = None,
+    contention: Any = None,
 ) -> Callable[[int], Probe]:
     """A `measure` for `search`: one latency cell (no scoring) per batch size.
 
+    `contention` (a measure.contention.ContentionGuard), when given, guards every probe's timed
+    window: each probe records its verdict and the guard keeps every window's figures.
     `peak_memory()` is read after the timed calls (bytes, or None when unknown); `reset_peak()`,
     when given, is called before each probe so the peak is that probe's own.
     OOM -> Probe(status="oom") and device memory is freed; any other exception -> "failed".
@@ -284,7 +288,7 @@ def measure_with_engine(
             reset_peak()
         status, error = "failed", None
         try:
-            row, _ = run_latency(engine, clips, batch_size, timing, score=False)
+            row, _ = run_latency(engine, clips, batch_size, timing, score=False, contention=contention)
         except Exception as exc:
             status = "oom" if is_oom(exc) else "failed"
             error = _error_text(exc)
@@ -294,7 +298,8 @@ def measure_with_engine(
             peak = peak_memory() if peak_memory is not None else None
             return Probe(batch_size, "ok", samples_per_s=row["throughput_samples_per_s"],
                          latency_s_p50=row["latency_s_p50"],
-                         peak_memory_bytes=int(peak) if peak is not None else None)
+                         peak_memory_bytes=int(peak) if peak is not None else None,
+                         contended=row.get("contended"))
         if status == "oom":
             _free_device_memory(engine)
         return Probe(batch_size, status, error=error)
