@@ -146,13 +146,18 @@ def run(
             elif state.startswith(("not quiet", "taking over")):
                 console.print(f"[yellow]{escape(label)}: {escape(state)}[/yellow]")
 
-        summary = run_cells(cfg, retry_failed=retry_failed, on_cell=on_cell, on_prepare=on_prepare,
-                            wait_quiet_s=wait_quiet)
+        try:
+            summary = run_cells(cfg, retry_failed=retry_failed, on_cell=on_cell, on_prepare=on_prepare,
+                                wait_quiet_s=wait_quiet)
+        except AsrperfError:  # the error is the one line to show: no half-filled progress bars above it
+            for task in progress.task_ids:
+                progress.update(task, visible=False)
+            raise
     console.print(f"run {summary.run_id}: {summary.ran} cell(s) measured, {summary.skipped} already done, "
                   f"{summary.failed} failed; results in {summary.store}")
     if summary.skipped_failed:
         console.print(f"[red]{summary.skipped_failed} cell(s) are stored as failed from an earlier attempt and were "
-                      "not re-run[/red]; --retry-failed re-runs them")
+                      "not re-run[/red]; --retry-failed re-runs them", soft_wrap=True)
     _print_report(summary.store, summary.run_id, "table", allow_contended=allow_contended)
     if summary.failed or summary.skipped_failed:
         raise typer.Exit(3)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
 import time
 import urllib.parse
@@ -195,6 +196,28 @@ class Store:
             (run_id, cell_key, phase),
         )
         return [r[0] for r in rows]
+
+
+def check_writable(path: str | Path) -> None:
+    """StoreError unless a store can be written at `path`, without creating it: an existing store
+    must open for writing; otherwise its folder must be creatable and accept a new file (probed
+    with a file created and removed at once, which also catches read-only mounts as root)."""
+    path = Path(path)
+    if path.exists():
+        Store(path).close()
+        return
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise StoreError(f"results store {path} cannot be created: {above} is a file, not a folder; pass --store "
+                         "with a writable file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise StoreError(f"results store {path} cannot be created ({_reason(exc)}); pass --store with a writable "
+                         "file path") from None
 
 
 def _reason(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ from asrperf.data.clips import ClipCache, prepare_clips
 from asrperf.engines.base import TIMED_REGION
 from asrperf.errors import ConfigError
 from asrperf.results import env as envmod
-from asrperf.results.store import Store
+from asrperf.results.store import Store, check_writable
 from asrperf.run.plan import Cell, expand
 
 STDERR_TAIL_CHARS = 2000
@@ -175,10 +175,10 @@ def run(
     summary = RunSummary(run_id, Path(cfg.store))
     owner = Owner.here()
     notify = on_cell or (lambda *a: None)
-    # the store first: a path that cannot be written fails before any clip is built
+    check_writable(cfg.store)  # a store that cannot be written fails before any clip is built
+    keys = prepare(cfg, on_prepare)  # ... and clips that cannot be built leave no store behind
     with Store(cfg.store) as store, Heartbeat(cfg.store, owner):
         store.begin_run(run_id, cfg.to_dict(), envmod.capture())
-        keys = prepare(cfg, on_prepare)
         pending = list(enumerate(cells))
         while pending:
             deferred = []
