@@ -283,3 +283,24 @@ def test_the_guard_never_counts_the_cells_own_cpu_as_others():
     assert min(r.own_cpu_s / r.wall_s for r in busy) > 0.3  # it did run
     # counted as others, the cell would add its own ~threads cores; half a core is the margin
     assert min(r.others_cores for r in busy) <= max(idle) + 0.5, ([r.others_cores for r in busy], idle)
+
+
+def test_a_real_cell_row_carries_the_guard_figures_of_its_timed_window(tmp_path, cache_dir, tiny_source):
+    from asrperf.config import config_from_dict
+    from asrperf.results.store import Store
+    from asrperf.run.runner import run
+
+    cfg = config_from_dict({
+        "source": tiny_source, "models": [{"name": "wav2vec2-base", "weights": "random"}],
+        "timing": {"warmup_calls": 1, "min_calls": 3, "min_time_s": 0.0, "max_calls": 3},
+        "run": {"clip_lengths_s": [3], "n_clips": 1, "threads": [1], "store": str(tmp_path / "s.sqlite"),
+                "cache_dir": str(cache_dir), "isolate": False, "energy": False, "accuracy": False}})
+    assert run(cfg).failed == 0
+    with Store(cfg.store) as s:
+        (row,) = s.rows()
+        timed = s.samples(row["run_id"], row["cell_key"])
+    assert ROW_KEYS <= set(row) and row["contended"] in (True, False)
+    assert row["contention_threads"] == 1 and row["contention_windows"] == 1
+    # the window is the timed calls' own: their wall time, not the warm-up or the load
+    assert sum(timed) <= row["contention_wall_s"] <= sum(timed) + 0.05
+    assert row["contention_own_cpu_s"] > 0 and 0 <= row["contention_own_got_share"] <= 1

@@ -156,8 +156,8 @@ def run(
     console.print(f"run {summary.run_id}: {summary.ran} cell(s) measured, {summary.skipped} already done, "
                   f"{summary.failed} failed; results in {summary.store}")
     if summary.skipped_failed:
-        console.print(f"[red]{summary.skipped_failed} cell(s) are stored as failed from an earlier attempt and were "
-                      "not re-run[/red]; --retry-failed re-runs them", soft_wrap=True)
+        console.print(f"[red]{summary.skipped_failed} cell(s) are stored as failed (by an earlier attempt or another "
+                      "run on this store) and were not re-run[/red]; --retry-failed re-runs them", soft_wrap=True)
     _print_report(summary.store, summary.run_id, "table", allow_contended=allow_contended)
     if summary.failed or summary.skipped_failed:
         raise typer.Exit(3)
