@@ -23,7 +23,7 @@ from asrperf.measure.contention import (
 
 HZ = procfs.USER_HZ
 
-STAT = f"""cpu  900 10 300 5000 20 5 5 40 0 0
+STAT = """cpu  900 10 300 5000 20 5 5 40 0 0
 cpu0 400 10 100 2500 10 2 3 20 0 0
 cpu1 500 0 200 2500 10 3 2 20 0 0
 intr 12345

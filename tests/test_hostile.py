@@ -122,6 +122,8 @@ CASES = [
      "results store /proc/asrperf-nope/r.sqlite cannot be created (No such file or directory", 2),
     ("store under a file", regular_file, ["run", *W2V, "--store", "{tmp}/afile/r.sqlite"],
      "results store {tmp}/afile/r.sqlite cannot be created: {tmp}/afile is a file, not a folder", 2),
+    ("run into a corrupt store", corrupt_store, ["run", *W2V, "--store", "{tmp}/s.sqlite"],
+     "results store {tmp}/s.sqlite cannot be created or opened for writing (file is not a database)", 2),
     ("report on a corrupt store", corrupt_store, ["report", "--store", "{tmp}/s.sqlite"],
      "{tmp}/s.sqlite is not an asrperf results store (file is not a database)", 2),
     ("report on a zero-byte store", zero_byte_store, ["report", "--store", "{tmp}/s.sqlite"],
@@ -237,12 +239,13 @@ def test_report_and_compare_read_a_store_on_read_only_media(tmp_path, monkeypatc
         with pytest.raises(sqlite3.OperationalError):  # what a writer (the old report) hit there
             sqlite3.connect(ro).execute("PRAGMA journal_mode=WAL").fetchall()
         before = fingerprint(ro.parent)
-        code, lines, out = cli(monkeypatch, capsys, ["report", "--store", str(ro), "-f", "json", "-o", str(tmp_path / "o.json")])
+        code, lines, _ = cli(monkeypatch, capsys, ["report", "--store", str(ro), "-f", "json", "-o",
+                                                  str(tmp_path / "o.json")])
         assert code == 0, lines
         import json
 
         assert json.loads((tmp_path / "o.json").read_text())[0]["latency_s_p50"] == 0.5
-        code, lines, out = cli(monkeypatch, capsys, ["compare", str(ro), str(ro), "-f", "json"])
+        code, lines, _ = cli(monkeypatch, capsys, ["compare", str(ro), str(ro), "-f", "json"])
         assert code == 0, lines
         assert fingerprint(ro.parent) == before
     finally:
@@ -282,3 +285,17 @@ def test_a_declared_encoding_reads_latin_1_text(tmp_path):
     with pytest.raises(Exception, match="'latin-9x' is not a text encoding Python knows"):
         list(source_from_spec({"kind": "manifest", "path": str(tmp_path / "m.csv"), "encoding": "latin-9x"},
                               tmp_path).utterances(16000))
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "--wait-quiet"], ["run", "--wait-quiet=600"]),  # no value: the default bound
+    (["run", "--wait-quiet", "run.toml"], ["run", "--wait-quiet=600", "run.toml"]),
+    (["run", "--wait-quiet", "--lengths", "5"], ["run", "--wait-quiet=600", "--lengths", "5"]),
+    (["run", "--wait-quiet", "30"], ["run", "--wait-quiet", "30"]),
+    (["run", "--wait-quiet", "-5"], ["run", "--wait-quiet", "-5"]),  # a number, refused later with a message
+    (["run", "--wait-quiet=45"], ["run", "--wait-quiet=45"]),
+])
+def test_wait_quiet_takes_an_optional_value(argv, expected):
+    from asrperf.cli import _optional_value
+
+    assert _optional_value(argv, "--wait-quiet", "600") == expected
