@@ -270,17 +270,30 @@ def test_a_cell_beside_spinning_processes_is_flagged():
     assert "others_cpu" in r.reasons and r.others_cores >= 0.5, r.to_row()
 
 
-def test_a_real_cell_row_carries_the_guard_figures_of_its_timed_window(tmp_path, cache_dir, tiny_source):
+def test_a_real_cell_row_carries_the_guard_figures_of_its_timed_window(tmp_path, cache_dir, tiny_source, monkeypatch):
     from asrperf.config import config_from_dict
+    from asrperf.measure import contention
+    from asrperf.measure.contention import QuietWait
     from asrperf.results.store import Store
     from asrperf.run.runner import run
+
+    asked = []
+
+    def never_quiet(threads, device, bound_s, **kw):  # --wait-quiet on a machine that stays busy
+        asked.append((threads, device, bound_s))
+        return QuietWait(False, bound_s, None)
+
+    monkeypatch.setattr(contention, "wait_quiet", never_quiet)
 
     cfg = config_from_dict({
         "source": tiny_source, "models": [{"name": "wav2vec2-base", "weights": "random"}],
         "timing": {"warmup_calls": 1, "min_calls": 3, "min_time_s": 0.0, "max_calls": 3},
         "run": {"clip_lengths_s": [3], "n_clips": 1, "threads": [1], "store": str(tmp_path / "s.sqlite"),
                 "cache_dir": str(cache_dir), "isolate": False, "energy": False, "accuracy": False}})
-    assert run(cfg).failed == 0
+    states = []
+    summary = run(cfg, on_cell=lambda cell, state, i, n: states.append(state), wait_quiet_s=7.0)
+    assert summary.failed == 0 and summary.not_quiet == 1 and asked == [(1, "cpu", 7.0)]
+    assert "not quiet after 7 s (machine load not readable here): measuring anyway" in states
     with Store(cfg.store) as s:
         (row,) = s.rows()
         timed = s.samples(row["run_id"], row["cell_key"])
