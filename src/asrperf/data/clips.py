@@ -7,10 +7,11 @@ good for speed-only runs, with no reference text.
 
 Exact packing: a clip takes consecutive utterances until the next one does not fit. When those
 fill less than FILL_TARGET of it (2.9 s sentences leave a 5 s clip 58% speech), the clip is packed
-again: consecutive utterances up to PACK_TAIL_S before its end, then the rest filled with the subset
-of the next PACK_WINDOW unused utterances that comes closest to the length without passing it
-(subset sum at 10 ms resolution; ties go to the earliest utterances). Utterances passed over stay,
-in order, for the next clips. `check_speech_share` then refuses a clip with less than the run's
+again: consecutive utterances up to PACK_TAIL_S before its end, then the rest from the next
+PACK_WINDOW unused utterances: the subset that fills it to at least FILL_TARGET keeping the
+earliest utterances (the first if any such subset has it, then the second, ...), or, when none
+does, the one that comes closest to the length (subset sum at 10 ms resolution, never past the
+length). Utterances passed over stay, in order, for the next clips. `check_speech_share` then refuses a clip with less than the run's
 `min_speech_share` of speech (the source ran out, or its utterances are too long to fill it).
 """
 
@@ -62,24 +63,39 @@ def _clip_id(length_s: float, index: int) -> str:
     return f"{length_s:g}s-{index:03d}"
 
 
-def _best_subset(sizes: list[int], capacity: int) -> list[int]:
-    """Indices of the subset of `sizes` with the largest sum <= capacity, preferring earlier items.
-
-    Reachable sums are bits of a Python int (bit s set: some subset sums to s); `reach[i]` is the
-    set using the first i items, so the backtrack skips an item whenever the sum is reachable
-    without it, which keeps the earliest items.
-    """
+def _reach(sizes: list[int], capacity: int) -> list[int]:
+    """suffix[i]: the sums (bit s set: some subset sums to s, up to capacity) of subsets of sizes[i:]."""
     mask = (1 << (capacity + 1)) - 1
-    reach = [1]
-    for w in sizes:
-        reach.append((reach[-1] | (reach[-1] << w)) & mask)
-    total = reach[-1].bit_length() - 1
-    chosen = []
-    for i in range(len(sizes), 0, -1):
-        if not (reach[i - 1] >> total) & 1:
-            chosen.append(i - 1)
-            total -= sizes[i - 1]
-    return sorted(chosen)
+    suffix = [1]
+    for w in reversed(sizes):
+        suffix.append((suffix[-1] | (suffix[-1] << w)) & mask)
+    return suffix[::-1]
+
+
+def _earliest_subset(sizes: list[int], capacity: int, need: int) -> list[int] | None:
+    """The subset of `sizes` summing to [need, capacity] that keeps the earliest items (item 0 if
+    any such subset has it, then item 1, ...); None when no subset reaches `need`. With need = 0
+    and no such subset wanted, see `_fullest_subset`."""
+    suffix = _reach(sizes, capacity)
+
+    def completes(i: int, total: int) -> bool:  # some subset of sizes[i:] brings total into range
+        lo, hi = max(0, need - total), capacity - total
+        return hi >= lo and (suffix[i] >> lo) & ((1 << (hi - lo + 1)) - 1) != 0
+
+    if not completes(0, 0):
+        return None
+    chosen, total = [], 0
+    for i, w in enumerate(sizes):
+        if completes(i + 1, total + w):
+            chosen.append(i)
+            total += w
+    return chosen
+
+
+def _fullest_subset(sizes: list[int], capacity: int) -> list[int]:
+    """The subset with the largest sum <= capacity (the earliest items among equals)."""
+    best = _reach(sizes, capacity)[0].bit_length() - 1
+    return _earliest_subset(sizes, capacity, best) or []
 
 
 def _greedy(pool: list[Utterance], target: int) -> list[int]:
@@ -102,7 +118,10 @@ def _repack(pool: list[Utterance], target: int, sample_rate: int) -> list[int]:
     rest = list(range(len(head), len(pool)))[:PACK_WINDOW]
     # ceil to the unit: chosen units never add up to more samples than the clip has left
     sizes = [-(-len(pool[i].audio) // unit) for i in rest]
-    return head + [rest[k] for k in _best_subset(sizes, (target - head_used) // unit)]
+    capacity = (target - head_used) // unit
+    need = -(-(int(FILL_TARGET * target) - head_used) // unit)
+    chosen = _earliest_subset(sizes, capacity, need)
+    return head + [rest[k] for k in (chosen if chosen is not None else _fullest_subset(sizes, capacity))]
 
 
 def build_exact(utterances: Iterable[Utterance], length_s: float, n: int, sample_rate: int) -> list[Clip]:
