@@ -11,6 +11,10 @@ from asrperf.engines.hf import TransformersEngine
 from asrperf.errors import ModelError
 from asrperf.measure.wer import error_rates, normalize
 
+# real tiny.en on the first 5 s clip (two Harvard sentences, 16 words): 4 word errors
+# ("birch canoe slid" -> "birch can use lid", "parked" -> "park"); more means a broken pipeline
+SHORT_CLIP_MAX_WER = 0.3
+
 
 @pytest.fixture(scope="module")
 def clips(cache_dir, tiny_source):
@@ -37,7 +41,7 @@ def test_real_weights_are_found_offline(tiny_en):
 def test_short_clip_is_transcribed(tiny_en, clips):
     clip = clips[5.0][0]
     out = tiny_en.transcribe([clip.audio], SAMPLE_RATE)
-    assert error_rates([clip.text], out.texts).wer < 0.25, (clip.text, out.texts)
+    assert error_rates([clip.text], out.texts).wer <= SHORT_CLIP_MAX_WER, (clip.text, out.texts)
     assert out.tokens[0] > 5
 
 

@@ -81,7 +81,7 @@ def test_worker_crash_becomes_a_failed_row():
 
 
 def test_resume_after_kill_9_loses_and_duplicates_nothing(tmp_path, cache_dir, tiny_source):
-    lengths = [3, 3.5, 4, 4.5]
+    lengths = [3, 4, 4.5, 5]  # each packs >= 90% speech from the 30 test sentences (min_speech_share)
     config = _toml(tmp_path / "run.toml", _config(tmp_path, cache_dir, tiny_source, [W2V], lengths))
     store = tmp_path / "r.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "asrperf", "run", str(config)], cwd=tmp_path,
@@ -154,6 +154,8 @@ def test_max_throughput_scenario_searches_batches(tmp_path, cache_dir, tiny_sour
     assert tried[:2] == [1, 2] and max(tried) <= 4
     assert row["max_throughput_batch_size"] in tried
     assert row["max_throughput_stop_reason"] in ("plateau", "max_batch")
+    # the busy-machine guard watched every probe's timed window
+    assert row["contention_windows"] == len(tried) and all(p["contended"] in (True, False) for p in row["max_throughput_probes"])
     from asrperf.report.tables import study_tables
 
     mt = dict(study_tables([row])[0].rows)["max throughput samples/s, 3 s"]

@@ -21,3 +21,14 @@ def create(name: str, cache_dir: str | Path) -> Engine:
     """Instantiate engine `name`; its heavy dependencies load in `Engine.load`, not here."""
     module, cls = declaration(name).target.split(":")
     return getattr(importlib.import_module(module), cls)(cache_dir=cache_dir)
+
+
+def dtypes(name: str) -> tuple[str, ...]:
+    """The dtypes engine `name` runs: its module's DTYPES (or CTranslate2's COMPUTE_TYPES), read
+    without loading any runtime (engine modules import their heavy libraries inside methods)."""
+    try:
+        module = importlib.import_module(ENGINES[name].split(":")[0])
+    except KeyError:
+        raise ConfigError(f"unknown engine '{name}'; known: {', '.join(ENGINES)}") from None
+    declared = getattr(module, "DTYPES", None) or getattr(module, "COMPUTE_TYPES", None)
+    return tuple(declared) if declared else ()
