@@ -22,13 +22,3 @@ def create(name: str, cache_dir: str | Path) -> Engine:
     module, cls = declaration(name).target.split(":")
     return getattr(importlib.import_module(module), cls)(cache_dir=cache_dir)
 
-
-def dtypes(name: str) -> tuple[str, ...]:
-    """The dtypes engine `name` runs: its module's DTYPES (or CTranslate2's COMPUTE_TYPES), read
-    without loading any runtime (engine modules import their heavy libraries inside methods)."""
-    try:
-        module = importlib.import_module(ENGINES[name].split(":")[0])
-    except KeyError:
-        raise ConfigError(f"unknown engine '{name}'; known: {', '.join(ENGINES)}") from None
-    declared = getattr(module, "DTYPES", None) or getattr(module, "COMPUTE_TYPES", None)
-    return tuple(declared) if declared else ()
