@@ -143,9 +143,9 @@ CASES = [
     ("--wait-quiet -5", nothing, ["run", *W2V, "--wait-quiet", "-5", "--store", "{tmp}/s.sqlite"],
      "--wait-quiet: -5 must be >= 0 seconds", 2),
     ("-e ort --dtype bf16", nothing, ["run", "-m", "whisper-tiny.en", "-e", "ort", "--dtype", "bf16"],
-     "whisper-tiny.en: dtype 'bf16' is not supported by engine ort; it runs fp32, int8", 2),
+     "whisper-tiny.en: dtype = 'bf16' with engine = 'ort': engine ort runs fp32, int8; choose one of them or another engine", 2),
     ("-e nemo --dtype fp16", nothing, ["run", "-m", "whisper-tiny.en", "-e", "nemo", "--dtype", "fp16"],
-     "whisper-tiny.en: dtype 'fp16' is not supported by engine nemo; it runs fp32", 2),
+     "whisper-tiny.en: dtype = 'fp16' with engine = 'nemo': engine nemo runs fp32; choose one of them or another engine", 2),
 ]
 
 
