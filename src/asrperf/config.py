@@ -18,9 +18,11 @@ import tomllib
 from asrperf.errors import ConfigError
 
 WEIGHTS_CHOICES = ("auto", "real", "random")
-# fp32/fp16/bf16 for every engine; the int8 CTranslate2 compute types for engine ct2 only
+# fp32/fp16/bf16 for every engine; the int8 CTranslate2 compute types for engine ct2 only; the
+# ggml block-quantized weight types (32 weights per block) for engine whispercpp only
 # (an engine that cannot run a dtype says so when it loads)
-DTYPE_CHOICES = ("fp32", "fp16", "bf16", "int8", "int8_float32", "int8_float16", "int8_bfloat16")
+DTYPE_CHOICES = ("fp32", "fp16", "bf16", "int8", "int8_float32", "int8_float16", "int8_bfloat16",
+                 "q8_0", "q5_0", "q5_1")
 # Optimisation options of a [[models]] table (engine transformers only); the first choice is the baseline.
 # int8_dynamic: int8 weights and per-token int8 activations in every Linear; int8_weight_only: int8
 # weights dequantised to the activation dtype inside the matmul (both quantize at load time)

@@ -13,6 +13,8 @@ ENGINES: dict[str, str] = {
     "ct2": "asrperf.engines.ct2:CTranslate2Engine",
     "ort": "asrperf.engines.ort:OnnxRuntimeEngine",
     "nemo": "asrperf.engines.nemo:NemoEngine",
+    "whispercpp": "asrperf.engines.whispercpp:WhisperCppEngine",
+    "openai-whisper": "asrperf.engines.openai_whisper:OpenAIWhisperEngine",
 }
 # model families each engine runs ("whisper": encoder-decoder, "ctc", "transducer": RNN-T/TDT);
 # checked before any load
@@ -21,6 +23,8 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "ct2": ("whisper",),
     "ort": ("whisper", "ctc"),
     "nemo": ("nemo",),  # a .nemo checkpoint (CTC, RNNT, TDT or hybrid inside)
+    "whispercpp": ("whisper",),
+    "openai-whisper": ("whisper",),
 }
 
 
