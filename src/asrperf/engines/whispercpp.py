@@ -182,7 +182,9 @@ class WhisperCppEngine(Engine):
         p.no_timestamps = len(audio) <= WINDOW_SAMPLES
         if self.weights == "random":
             p.no_timestamps, p.single_segment = True, True
-            p.max_tokens = max(1, round(RANDOM_TOKENS_PER_AUDIO_S * min(len(audio) / sample_rate, WINDOW_S)))
+            # whisper.cpp ends a window after the token at index max_tokens: n tokens need n - 1
+            n = round(RANDOM_TOKENS_PER_AUDIO_S * min(len(audio) / sample_rate, WINDOW_S))
+            p.max_tokens = max(1, n - 1)
         pw.whisper_reset_timings(ctx)
         self.log.take()
         status = pw.whisper_full(ctx, p, audio, len(audio))
