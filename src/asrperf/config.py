@@ -34,7 +34,7 @@ VARIANT_ENGINES = ("transformers",)  # engines that implement quant / attn / com
 # without timestamps (engines/windows.py)
 LONGFORM_CHOICES = ("sequential", "batched")
 LONGFORM_ENGINES = ("transformers", "ct2")
-CLIP_MODES = ("exact", "loop")
+CLIP_MODES = ("exact", "continuous", "loop")  # data/clips.py BUILDERS
 SCENARIOS = ("latency", "max_throughput", "profile", "decode")
 MAX_DECODE_TOKENS = 440  # Whisper decodes at most 448 positions, prompt included
 
@@ -203,7 +203,7 @@ class RunConfig:
     @property
     def scores_accuracy(self) -> bool:
         """Loop-mode clips repeat audio to fill the length: they have no exact reference to score."""
-        return self.accuracy and self.clip_mode == "exact"
+        return self.accuracy and self.clip_mode in ("exact", "continuous")
 
     def identity(self) -> str:
         """Short hash of everything that changes results, asrperf's version included (an upgrade

@@ -2,8 +2,12 @@
 
 A clip of L seconds holds exactly round(L * rate) samples. In "exact" mode it is built from
 consecutive *whole* utterances of the source, padded with digital silence, so its reference is
-exactly the utterances' texts joined. In "loop" mode the source audio is repeated and cut to
-fill the length: good for speed-only runs, with no reference text.
+exactly the utterances' texts joined. "continuous" mode packs whole utterances the same way but
+runs them together like one long recording: the audio starts with the first utterance and ends
+with the last, and the shortfall is spread over the pauses between them instead of padding the
+end, so no stretch of silence is longer than a natural pause plus a fraction of a second (see
+`build_continuous`); the reference stays exact. In "loop" mode the source audio is repeated and
+cut to fill the length: good for speed-only runs, with no reference text.
 """
 
 from __future__ import annotations
@@ -56,47 +60,72 @@ def build_exact(utterances: Iterable[Utterance], length_s: float, n: int, sample
     which would make the reference inexact). Raises DataError when the source runs out first.
     """
     target = n_samples(length_s, sample_rate)
-    clips: list[Clip] = []
-    parts: list[Utterance] = []
-    used = 0
-
-    def close() -> None:
+    clips = []
+    for index, parts in enumerate(_pack(utterances, target, n, sample_rate, length_s)):
         audio = np.zeros(target, dtype=np.float32)
         pos = 0
         for u in parts:
             audio[pos : pos + len(u.audio)] = u.audio
             pos += len(u.audio)
-        clips.append(
-            Clip(
-                id=_clip_id(length_s, len(clips)),
-                length_s=length_s,
-                audio=audio,
-                sample_rate=sample_rate,
-                text=" ".join(u.text for u in parts),
-                utterance_ids=tuple(u.id for u in parts),
-                speech_s=pos / sample_rate,
-            )
-        )
+        clips.append(Clip(_clip_id(length_s, index), length_s, audio, sample_rate, " ".join(u.text for u in parts),
+                          tuple(u.id for u in parts), pos / sample_rate))
+    return clips
 
+
+def _pack(utterances: Iterable[Utterance], target: int, n: int, sample_rate: int, length_s: float) -> list[list[Utterance]]:
+    """Consecutive whole utterances, at most `target` samples per group, `n` groups (see build_exact)."""
+    groups: list[list[Utterance]] = []
+    parts: list[Utterance] = []
+    used = 0
     for u in utterances:
         if u.sample_rate != sample_rate:
             raise DataError(f"utterance {u.id}: rate {u.sample_rate} Hz, expected {sample_rate} Hz")
         if len(u.audio) > target:
             continue
         if used + len(u.audio) > target:
-            close()
-            if len(clips) == n:
-                return clips
+            groups.append(parts)
+            if len(groups) == n:
+                return groups
             parts, used = [], 0
         parts.append(u)
         used += len(u.audio)
-    if parts and len(clips) < n:
-        close()
-    if len(clips) < n:
+    if parts and len(groups) < n:
+        groups.append(parts)
+    if len(groups) < n:
         raise DataError(
-            f"the source holds only enough whole utterances for {len(clips)} clip(s) of {length_s:g} s, "
+            f"the source holds only enough whole utterances for {len(groups)} clip(s) of {length_s:g} s, "
             f"{n} asked; lower n_clips or use a larger source"
         )
+    return groups
+
+
+def gap_samples(shortfall: int, n_gaps: int) -> list[int]:
+    """Split `shortfall` samples over `n_gaps` pauses as evenly as whole samples allow (earlier gaps
+    take the remainder): 10 over 3 -> [4, 3, 3]."""
+    base, extra = divmod(shortfall, n_gaps)
+    return [base + (i < extra) for i in range(n_gaps)]
+
+
+def build_continuous(utterances: Iterable[Utterance], length_s: float, n: int, sample_rate: int) -> list[Clip]:
+    """Whole utterances run together like one recording, exactly `length_s` seconds, exact reference.
+
+    Utterances are packed as in build_exact; the samples left over (less than one utterance) go
+    into the k - 1 pauses between the k utterances, evenly, instead of one block of silence at the
+    end. Each utterance keeps its own edge silence (the source's natural pause). A clip of a single
+    utterance has no pause to widen and is padded at the end, as in exact mode.
+    """
+    target = n_samples(length_s, sample_rate)
+    clips = []
+    for index, parts in enumerate(_pack(utterances, target, n, sample_rate, length_s)):
+        speech = sum(len(u.audio) for u in parts)
+        gaps = gap_samples(target - speech, len(parts) - 1) if len(parts) > 1 else []
+        audio = np.zeros(target, dtype=np.float32)
+        pos = 0
+        for i, u in enumerate(parts):
+            audio[pos : pos + len(u.audio)] = u.audio
+            pos += len(u.audio) + (gaps[i] if i < len(gaps) else 0)
+        clips.append(Clip(_clip_id(length_s, index), length_s, audio, sample_rate, " ".join(u.text for u in parts),
+                          tuple(u.id for u in parts), speech / sample_rate))
     return clips
 
 
@@ -118,6 +147,7 @@ def build_loop(utterances: Iterable[Utterance], length_s: float, n: int, sample_
 
 BUILDERS: dict[str, Callable[[Iterable[Utterance], float, int, int], list[Clip]]] = {
     "exact": build_exact,
+    "continuous": build_continuous,
     "loop": build_loop,
 }
 
