@@ -101,15 +101,17 @@ def test_errors_are_one_line(cache_dir, f16):
         _load(cache_dir, "fp16", name="wav2vec2-base")
 
 
-def test_a_damaged_cached_file_is_named_not_crashed_on(tmp_path, f16):
+def test_a_damaged_cached_file_is_named_not_crashed_on(tmp_path, f16, monkeypatch):
     import shutil
 
     cache = tmp_path / "cache"
     shutil.copytree(f16.path.parent, cache / f16.path.parent.name)
     broken = cache / f16.path.parent.name / f16.path.name
     broken.write_bytes(broken.read_bytes()[:1_000_000])  # a killed copy: cut mid-tensor
+    import asrperf.engines.whispercpp as module
+
+    monkeypatch.setattr(module, "ggml_model_file", lambda *args: (broken, "real", "test"))  # as if cached
     engine = WhisperCppEngine(cache)
-    engine._model_file = lambda spec, weights, wtype: (broken, "real", "test")  # the damaged file, as if cached
     with pytest.raises(ModelError, match="runs past the end of the file") as err:
         engine.load(resolve("whisper-tiny.en"), "auto", "fp16", "cpu")
     assert "\n" not in str(err.value)

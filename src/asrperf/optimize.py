@@ -18,6 +18,7 @@ from asrperf.config import LONGFORM_ENGINES, ModelConfig, RunConfig, dump_config
 from asrperf.errors import ConfigError
 
 DEFAULT_WER_BUDGET = 0.005  # +0.5 WER points, absolute
+WHISPERCPP_DTYPES = ("fp16", "q8_0", "q5_1", "q5_0")
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def candidates(name: str, device: str, weights: str = "auto", engines: tuple[str
 
     spec = resolve(name)
     cuda = device.startswith("cuda")
-    want = set(engines) or {"transformers", "ct2", "ort"}
+    want = set(engines) or {"transformers", "ct2", "ort", "whispercpp"}
     ref = ModelConfig(name=name, engine="transformers", weights=weights, dtype="fp32")
     out = [ref]
     if "transformers" in want:
@@ -103,6 +104,11 @@ def candidates(name: str, device: str, weights: str = "auto", engines: tuple[str
         # the slowest torch dtype on a CPU without AMX): one run stays a few minutes shorter
         out += [dataclasses.replace(m, longform="batched") for m in list(out)
                 if m.engine in LONGFORM_ENGINES and not m.compile and m.attn == "sdpa" and m.dtype != "bf16"]
+    if "whispercpp" in want and supports("whispercpp", spec.family) and not cuda \
+            and importlib.util.find_spec("_pywhispercpp") is not None:
+        # whisper.cpp's weight types: f16 (what its own converter writes) and the int8 / 5-bit
+        # blocks; f32 is left out (on a CPU it is never the fastest, and f16 gives the same text)
+        out += [ModelConfig(name=name, engine="whispercpp", weights=weights, dtype=d) for d in WHISPERCPP_DTYPES]
     if "ort" in want and supports("ort", spec.family) and importlib.util.find_spec("onnxruntime") is not None:
         out += [ModelConfig(name=name, engine="ort", weights=weights, dtype=d) for d in ("fp32", "int8")]
     return out

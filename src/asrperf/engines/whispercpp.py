@@ -89,7 +89,7 @@ class WhisperCppEngine(Engine):
             raise ModelError(f"dtype '{dtype}' is not a ggml type engine whispercpp offers; use one of "
                              f"{', '.join(GGML_DTYPES)}")
         wtype = GGML_DTYPES[dtype]
-        path, weights, source = self._model_file(spec, weights, wtype)
+        path, weights, source = ggml_model_file(spec, weights, wtype, self.cache_dir)
         ggml = read_ggml(path)
         self.log = _Log()
         pw.whisper_log_set(self.log)
@@ -136,30 +136,6 @@ class WhisperCppEngine(Engine):
         p.detect_language = False
         p.print_progress = p.print_realtime = p.print_timestamps = p.print_special = False
         return p
-
-    # -- the model file ------------------------------------------------------------------------
-    def _model_file(self, spec: ModelSpec, weights: str, wtype: str) -> tuple[Path, str, str]:
-        """(ggml file, "real"/"random", where the weights came from), converting on first use."""
-        checkpoint = None if weights == "random" else find_checkpoint(spec, self.cache_dir)
-        if checkpoint is None and weights == "real":
-            raise ModelError(f"no local checkpoint of '{spec.name}' for engine whispercpp (it does not download); "
-                             f"give a transformers Whisper directory, or use weights='random'")
-        gguf_version = _version("gguf") if wtype not in ("f32", "f16") else ""
-        if checkpoint is not None:
-            key = checkpoint_key(checkpoint, wtype, str(CONVERTER_VERSION), gguf_version)
-            build = lambda staging: _convert(*read_hf_checkpoint(checkpoint), _vocab(checkpoint), wtype,  # noqa: E731
-                                             staging, str(checkpoint))
-            source, weights = str(checkpoint), "real"
-        else:
-            if not spec.architecture:
-                raise ModelError(f"'{spec.name}' has no catalog architecture, so it cannot run with random weights; "
-                                 f"give real weights or a catalog name")
-            key = text_key(repr(sorted(spec.architecture.items())), "seed 0", wtype, str(CONVERTER_VERSION), gguf_version)
-            build = lambda staging: _convert(*random_hf_state(spec.architecture, spec.name), _random_vocab(self.cache_dir),  # noqa: E731
-                                             wtype, staging, spec.name)
-            source, weights = "random init (seed 0, std 0.02), the transformers engine's", "random"
-        name = f"ggml-model-{wtype}.bin"
-        return build_once(self.cache_dir / f"ggml-{key}", name, build) / name, weights, source
 
     # -- the timed call --------------------------------------------------------------------------
     def transcribe(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
@@ -232,6 +208,34 @@ class WhisperCppEngine(Engine):
             out["whispercpp_fallbacks"] = self._fallbacks
         return out
 
+
+
+def ggml_model_file(spec: ModelSpec, weights: str, wtype: str, cache_dir: Path) -> tuple[Path, str, str]:
+    """(ggml file, "real"/"random", where the weights came from) for `spec`, converted on first use.
+
+    `weights` "auto" takes the real checkpoint when one is found offline, else random weights.
+    """
+    cache_dir = Path(cache_dir)
+    checkpoint = None if weights == "random" else find_checkpoint(spec, cache_dir)
+    if checkpoint is None and weights == "real":
+        raise ModelError(f"no local checkpoint of '{spec.name}' for engine whispercpp (it does not download); "
+                         f"give a transformers Whisper directory, or use weights='random'")
+    gguf_version = _version("gguf") if wtype not in ("f32", "f16") else ""
+    if checkpoint is not None:
+        key = checkpoint_key(checkpoint, wtype, str(CONVERTER_VERSION), gguf_version)
+        build = lambda staging: _convert(*read_hf_checkpoint(checkpoint), _vocab(checkpoint), wtype,  # noqa: E731
+                                         staging, str(checkpoint))
+        source, weights = str(checkpoint), "real"
+    else:
+        if not spec.architecture:
+            raise ModelError(f"'{spec.name}' has no catalog architecture, so it cannot run with random weights; "
+                             f"give real weights or a catalog name")
+        key = text_key(repr(sorted(spec.architecture.items())), "seed 0", wtype, str(CONVERTER_VERSION), gguf_version)
+        build = lambda staging: _convert(*random_hf_state(spec.architecture, spec.name), _random_vocab(cache_dir),  # noqa: E731
+                                         wtype, staging, spec.name)
+        source, weights = "random init (seed 0, std 0.02), the transformers engine's", "random"
+    name = f"ggml-model-{wtype}.bin"
+    return build_once(cache_dir / f"ggml-{key}", name, build) / name, weights, source
 
 
 def _version(package: str) -> str:
