@@ -1,0 +1,38 @@
+"""benchmarks/perf_target.py --quick: every configuration loads, transcribes each audio kind, and
+lands in the contract-matched tables (the numbers of a quick run mean nothing and are not checked)."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "perf_target.py"
+NEEDED = ("faster_whisper", "_pywhispercpp", "whisper", "torch")
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_every_configuration(cache_dir, tmp_path):
+    missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"perf_target's peers need {', '.join(missing)}: pip install 'asrperf[test]'")
+    spec = importlib.util.spec_from_file_location("perf_target", SCRIPT)
+    perf_target = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(perf_target)
+    out = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--cache-dir", str(cache_dir)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    kinds = ["exact", "continuous"] + (["real"] if perf_target.LIBRIVOX_DIR.is_dir() else [])
+    tables = out.stdout.split("### audio: ")[1:]
+    assert [t.split(" ")[0] for t in tables] == kinds
+    for table in tables:
+        for config in perf_target.CONFIGS:
+            row = next(line for line in table.splitlines() if line.startswith(f"| {config.name} |"))
+            assert "failed" not in row, row
+            cells = [c.strip() for c in row.split("|")[1:-1]]
+            assert cells[2] == config.contract and float(cells[5].replace(",", "")) > 0
+            # the floor is positive and below the measured time (a lower bound)
+            assert 0 < float(cells[7].split(" ")[0].replace(",", "")) <= float(cells[5].replace(",", ""))
+        # every contract has a peer to compare with
+        assert "| — |" not in table
