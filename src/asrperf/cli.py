@@ -74,7 +74,7 @@ _CONFIG_ARG = typer.Argument(None, help="TOML run description; flags override it
 def run(
     config: Optional[Path] = _CONFIG_ARG,
     model: list[str] = typer.Option([], "--model", "-m", help="Catalog name, Hub id or local checkpoint dir (repeatable)."),
-    engine: list[str] = typer.Option([], "--engine", "-e", help="transformers | ct2 | ort | nemo (repeatable: every model through each)."),
+    engine: list[str] = typer.Option([], "--engine", "-e", help="transformers | ct2 | ort | nemo | whispercpp | openai-whisper (repeatable: every model through each)."),
     lengths: Optional[str] = typer.Option(None, help="Clip lengths in seconds, e.g. 5,15,30,60."),
     batch: Optional[str] = typer.Option(None, help="Batch sizes, e.g. 1,4,16."),
     device: list[str] = typer.Option([], help="cpu, cuda or cuda:N (repeatable)."),
