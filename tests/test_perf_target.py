@@ -19,6 +19,7 @@ def test_quick_mode_runs_every_configuration(cache_dir, tmp_path):
         pytest.skip(f"perf_target's peers need {', '.join(missing)}: pip install 'asrperf[test]'")
     spec = importlib.util.spec_from_file_location("perf_target", SCRIPT)
     perf_target = importlib.util.module_from_spec(spec)
+    sys.modules["perf_target"] = perf_target  # dataclasses resolve their module by name
     spec.loader.exec_module(perf_target)
     out = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--cache-dir", str(cache_dir)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=900)
