@@ -103,7 +103,7 @@ class WhisperCppEngine(Engine):
         if failure:  # whisper_init returned NULL: the context must not be touched
             raise ModelError(f"{path}: whisper.cpp cannot load it ({failure}); delete it so asrperf converts again")
         self.pw, self.path, self.ggml, self.weights = pw, path, ggml, weights
-        self.eot = pw.whisper_token_eot(self.ctx)
+        self.eot, self.timestamp_begin = pw.whisper_token_eot(self.ctx), pw.whisper_token_beg(self.ctx)
         self.threads = cpu_threads()
         self.multilingual = bool(pw.whisper_is_multilingual(self.ctx))
         self.params = self._params(pw)
@@ -169,8 +169,9 @@ class WhisperCppEngine(Engine):
         parts, n_tokens = [], 0
         for i in range(pw.whisper_full_n_segments(ctx)):
             parts.append(pw.whisper_full_get_segment_text(ctx, i).decode("utf-8", errors="replace"))
+            # text and timestamp tokens, as the other engines count; not the prompt's special ones
             n_tokens += sum(1 for j in range(pw.whisper_full_n_tokens(ctx, i))
-                            if pw.whisper_full_get_token_id(ctx, i, j) < self.eot)
+                            if not self.eot <= pw.whisper_full_get_token_id(ctx, i, j) < self.timestamp_begin)
         self._record_timings()
         return "".join(parts).strip(), n_tokens
 
@@ -193,6 +194,13 @@ class WhisperCppEngine(Engine):
 
     def synchronize(self) -> None:
         """No-op: whisper_full returns when the call is done."""
+
+    def __del__(self) -> None:
+        import sys
+
+        if getattr(self, "ctx", None) is not None and not sys.is_finalizing():
+            self.pw.whisper_free(self.ctx)  # the model's memory (tests load several engines in one process)
+            self.ctx = None
 
     def loaded_weights(self) -> LoadedWeights:
         return LoadedWeights(files=(self.path,), note=f"whisper.cpp holds the ggml {self.ggml.wtype} weights as stored")
