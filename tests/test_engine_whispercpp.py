@@ -115,3 +115,24 @@ def test_a_damaged_cached_file_is_named_not_crashed_on(tmp_path, f16, monkeypatc
     with pytest.raises(ModelError, match="runs past the end of the file") as err:
         engine.load(resolve("whisper-tiny.en"), "auto", "fp16", "cpu")
     assert "\n" not in str(err.value)
+
+
+def test_batched_windows_decode_in_parallel_within_the_sequential_wer(cache_dir, clips):
+    import dataclasses
+
+    from asrperf.config import VariantOptions
+
+    long = clips[-1]
+    engine = WhisperCppEngine(cache_dir)
+    engine.load(dataclasses.replace(resolve("whisper-tiny.en"), options=VariantOptions(longform="batched")), "auto",
+                "q8_0", "cpu")
+    out = engine.transcribe([long.audio], SAMPLE_RATE)
+    sequential = _load(cache_dir, "q8_0").transcribe([long.audio], SAMPLE_RATE)
+    ours, ref = (error_rates([long.text], o.texts).wer for o in (out, sequential))
+    # a cut at a pause may change a word at the seam (ct2's batched variant has the same allowance)
+    assert ours - ref <= 0.02, (out.texts, sequential.texts)
+    info = engine.info()
+    assert info["windows"].startswith("2 window(s)") and "no timestamps" in info["longform"]
+    contexts = min(2, info["cpu_threads"])
+    assert f"{contexts} whisper.cpp context(s) in parallel" in info["longform"]
+    assert len(engine.loaded_weights().files) == info["cpu_threads"]

@@ -33,7 +33,7 @@ VARIANT_ENGINES = ("transformers",)  # engines that implement quant / attn / com
 # the last timestamp); "batched" cuts the clip at pauses into <= 30 s windows decoded together
 # without timestamps (engines/windows.py)
 LONGFORM_CHOICES = ("sequential", "batched")
-LONGFORM_ENGINES = ("transformers", "ct2")
+LONGFORM_ENGINES = ("transformers", "ct2", "whispercpp")
 CLIP_MODES = ("exact", "continuous", "loop")  # data/clips.py BUILDERS
 SCENARIOS = ("latency", "max_throughput", "profile", "decode")
 MAX_DECODE_TOKENS = 440  # Whisper decodes at most 448 positions, prompt included

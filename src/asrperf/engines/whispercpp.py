@@ -10,7 +10,9 @@ Decoding follows the other engines: greedy (best_of 1), temperature 0 with no fa
 (temperature_inc 0), no context carried across windows (no_context), no VAD, non-speech tokens
 suppressed (OpenAI's default suppress_tokens="-1"), no window dropped as silence. Clips of up to 30 s
 decode without timestamps; longer ones use whisper.cpp's own sequential long-form (`whisper_full`
-slides its 30 s window by the last predicted timestamp, as OpenAI's algorithm does).
+slides its 30 s window by the last predicted timestamp, as OpenAI's algorithm does). With
+longform = "batched" the clip is cut at pauses (engines/windows.py) and the windows decode
+without timestamps on one model context per thread, in parallel.
 Threads: the cell's (OMP_NUM_THREADS), passed as n_threads. pywhispercpp is imported in `load`.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import atexit
 import re
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +110,16 @@ class WhisperCppEngine(Engine):
         self.threads = cpu_threads()
         self.multilingual = bool(pw.whisper_is_multilingual(self.ctx))
         self.params = self._params(pw)
+        self.longform = spec.options.longform
+        # batched windows decode in parallel: one context (model copy) per thread, the first the main one
+        self.pool = [(self.ctx, self.params)]
+        if self.longform == "batched":
+            for _ in range(1, self.threads):
+                ctx = pw.whisper_init_from_file_with_params(str(path), cparams)
+                failure = _Log.errors(self.log.take())
+                if failure:
+                    raise ModelError(f"{path}: whisper.cpp cannot load a second copy ({failure})")
+                self.pool.append((ctx, self._params(pw)))
         self._timings: list[dict[str, float]] = []
         self._runs: list[dict[str, int]] = []
         self._fallbacks = 0
@@ -139,30 +152,39 @@ class WhisperCppEngine(Engine):
 
     # -- the timed call --------------------------------------------------------------------------
     def transcribe(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
-        """Each clip through `whisper_full` (log-mel, encoder, decoder, text), one after another."""
+        """Each clip through `whisper_full` (log-mel, encoder, decoder, text), one after another;
+        with longform = "batched", every clip's windows cut at pauses, decoded in parallel."""
+        if sample_rate != self.pw.WHISPER_SAMPLE_RATE:
+            raise ModelError(f"engine whispercpp takes {self.pw.WHISPER_SAMPLE_RATE} Hz audio, got {sample_rate} Hz")
+        audios = [np.ascontiguousarray(a, dtype=np.float32) for a in audios]
+        if self.longform == "batched":
+            return self._windows(audios, sample_rate)
         texts, tokens = [], []
+        self.log.take()
         for audio in audios:
-            text, n = self._one(np.ascontiguousarray(audio, dtype=np.float32), sample_rate)
+            self._set_window(self.params, audio, sample_rate, timestamps=len(audio) > WINDOW_SAMPLES)
+            self.pw.whisper_reset_timings(self.ctx)
+            text, n = self._run(self.ctx, self.params, audio)
             texts.append(text)
             tokens.append(n)
+            self._record_timings([self.ctx])
         long = any(len(a) > WINDOW_SAMPLES for a in audios)
         self._info["longform"] = ("sequential (whisper.cpp whisper_full: 30 s windows slid by the last timestamp, "
                                   "timestamps on, no fallback); clips of a batch one after another" if long else
                                   "none needed (<= 30 s), no timestamps; clips of a batch one after another")
         return Transcription(texts, tokens)
 
-    def _one(self, audio: np.ndarray, sample_rate: int) -> tuple[str, int]:
-        pw, ctx, p = self.pw, self.ctx, self.params
-        if sample_rate != pw.WHISPER_SAMPLE_RATE:
-            raise ModelError(f"engine whispercpp takes {pw.WHISPER_SAMPLE_RATE} Hz audio, got {sample_rate} Hz")
-        p.no_timestamps = len(audio) <= WINDOW_SAMPLES
+    def _set_window(self, p: Any, audio: np.ndarray, sample_rate: int, timestamps: bool) -> None:
+        p.no_timestamps = not timestamps
         if self.weights == "random":
             p.no_timestamps, p.single_segment = True, True
             # whisper.cpp ends a window after the token at index max_tokens: n tokens need n - 1
             n = round(RANDOM_TOKENS_PER_AUDIO_S * min(len(audio) / sample_rate, WINDOW_S))
             p.max_tokens = max(1, n - 1)
-        pw.whisper_reset_timings(ctx)
-        self.log.take()
+
+    def _run(self, ctx: Any, p: Any, audio: np.ndarray) -> tuple[str, int]:
+        """One whisper_full call on `ctx`: its text and token count."""
+        pw = self.pw
         status = pw.whisper_full(ctx, p, audio, len(audio))
         if status != 0:
             raise ModelError(f"whisper.cpp whisper_full failed (status {status}: {_Log.errors(self.log.take()) or 'no log'})")
@@ -172,22 +194,57 @@ class WhisperCppEngine(Engine):
             # text and timestamp tokens, as the other engines count; not the prompt's special ones
             n_tokens += sum(1 for j in range(pw.whisper_full_n_tokens(ctx, i))
                             if not self.eot <= pw.whisper_full_get_token_id(ctx, i, j) < self.timestamp_begin)
-        self._record_timings()
         return "".join(parts).strip(), n_tokens
 
-    def _record_timings(self) -> None:
-        """whisper.cpp's own stage timers for the call just made (its log, parsed)."""
-        self.pw.whisper_print_timings(self.ctx)
-        ms, runs = {}, {}
-        for _, text in self.log.take():
-            if m := _TIMING_RE.search(text):
-                stage, value, n = m.group(1), float(m.group(2)), m.group(3)
-                if stage in STAGES_MS:
-                    ms[stage] = value
-                    if n is not None:  # whisper.cpp prints max(1, runs): 1 run of 0 ms never ran
-                        runs[stage] = int(n) if value > 0 else 0
-            elif m := _FALLBACKS_RE.search(text):
-                self._fallbacks += int(m.group(1)) + int(m.group(2))
+    def _windows(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
+        """Batched long-form (engines/windows.py): every clip cut at pauses into <= 30 s windows, each
+        decoded without timestamps by whisper_full. With k windows and t threads, min(k, t) model
+        contexts run at once, t // min(k, t) threads each (whisper_full releases the GIL), so a
+        decoder step too small for two threads keeps both cores busy, as ct2's pool does."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from asrperf.engines.windows import plan_windows
+
+        plan = plan_windows(audios, sample_rate)
+        k = max(1, min(len(self.pool), len(plan.pieces)))
+        free = list(self.pool[:k])
+        for ctx, p in free:
+            p.n_threads = self.threads // k
+            self.pw.whisper_reset_timings(ctx)
+        self.log.take()
+
+        def one(piece: np.ndarray) -> tuple[str, int]:
+            ctx, p = free.pop()  # list.pop is atomic under the GIL: each worker owns one context
+            try:
+                self._set_window(p, piece, sample_rate, timestamps=False)
+                return self._run(ctx, p, piece)
+            finally:
+                free.append((ctx, p))
+
+        with ThreadPoolExecutor(max_workers=k) as workers:
+            results = list(workers.map(one, plan.pieces))
+        self._record_timings([ctx for ctx, _ in self.pool[:k]])
+        self._info["longform"] = (f"batched windows (cut at pauses, <= 30 s, no timestamps); {k} whisper.cpp "
+                                  f"context(s) in parallel, {self.threads // k} thread(s) each")
+        self._info["windows"] = plan.describe()
+        return plan.gather([t for t, _ in results], [n for _, n in results])
+
+    def _record_timings(self, contexts: list[Any]) -> None:
+        """whisper.cpp's own stage timers for the call just made, summed over `contexts` (its log, parsed)."""
+        ms: dict[str, float] = {}
+        runs: dict[str, int] = {}
+        for ctx in contexts:
+            self.log.take()
+            self.pw.whisper_print_timings(ctx)
+            for _, text in self.log.take():
+                if m := _TIMING_RE.search(text):
+                    stage, value, n = m.group(1), float(m.group(2)), m.group(3)
+                    if stage in STAGES_MS:
+                        ms[stage] = ms.get(stage, 0.0) + value
+                        if n is not None:  # whisper.cpp prints max(1, runs): 1 run of 0 ms never ran
+                            runs[stage] = runs.get(stage, 0) + (int(n) if value > 0 else 0)
+                elif m := _FALLBACKS_RE.search(text):
+                    self._fallbacks += int(m.group(1)) + int(m.group(2))
         if ms:
             self._timings.append(ms)
             self._runs.append(runs)
@@ -196,14 +253,15 @@ class WhisperCppEngine(Engine):
         """No-op: whisper_full returns when the call is done."""
 
     def __del__(self) -> None:
-        import sys
-
         if getattr(self, "ctx", None) is not None and not sys.is_finalizing():
-            self.pw.whisper_free(self.ctx)  # the model's memory (tests load several engines in one process)
-            self.ctx = None
+            for ctx, _ in getattr(self, "pool", [(self.ctx, None)]):  # the models' memory (tests load
+                self.pw.whisper_free(ctx)                              # several engines in one process)
+            self.ctx, self.pool = None, []
 
     def loaded_weights(self) -> LoadedWeights:
-        return LoadedWeights(files=(self.path,), note=f"whisper.cpp holds the ggml {self.ggml.wtype} weights as stored")
+        copies = f", {len(self.pool)} copies (one context per parallel window)" if len(self.pool) > 1 else ""
+        return LoadedWeights(files=(self.path,) * len(self.pool),
+                             note=f"whisper.cpp holds the ggml {self.ggml.wtype} weights as stored{copies}")
 
     def info(self) -> dict[str, Any]:
         """Provenance, plus whisper.cpp's own per-stage times (median per call) and its fallback count."""
