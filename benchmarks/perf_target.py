@@ -105,6 +105,9 @@ CONFIGS = [
     Config("asrperf transformers fp32+int8_dynamic + longform=batched", "asrperf", False, False, 8, "int8", "asrperf",
            "windows cut at pauses, one generate() batch; no timestamps",
            {"engine": "transformers", "dtype": "fp32", "quant": "int8_dynamic", "longform": "batched"}),
+    Config("asrperf whispercpp q8_0 + longform=batched", "asrperf", False, False, 2, "q8_0", "asrperf",
+           "windows cut at pauses, one whisper.cpp context per thread in parallel; no timestamps",
+           {"engine": "whispercpp", "dtype": "q8_0", "longform": "batched"}),
     Config("asrperf ct2 int8_float32 (sequential)", "asrperf", True, False, 1, "int8", "asrperf",
            "OpenAI's sequential long-form, timestamps", {"engine": "ct2", "dtype": "int8_float32"}),
     Config("asrperf whispercpp q8_0 (sequential)", "asrperf", True, False, 1, "q8_0", "asrperf",
@@ -116,7 +119,8 @@ CONFIGS = [
 WEIGHT_BYTES = {"int8": 1.0, "fp32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32}
 PEAK_KIND = {"int8": "int8", "q8_0": "int8", "q5_1": "int8", "fp32": "fp32", "f16": "fp32"}
 # bytes per cached cross-attention key/value: whisper.cpp keeps them in f16, the others in fp32
-CACHE_BYTES = {"pywhispercpp": 2.0}
+def cache_bytes(config: Config) -> float:
+    return 2.0 if config.kind == "pywhispercpp" or config.options.get("engine") == "whispercpp" else 4.0
 
 
 def native_configs(native_dir: str) -> list[Config]:
@@ -287,7 +291,7 @@ def floor_s(config: Config, audio_s: float, tokens: float, peaks: dict[str, floa
     windows = math.ceil(audio_s / 30)
     encoder = windows * analytic_whisper_encoder_flops(TINY["d_model"], TINY["layers"]) / peaks[PEAK_KIND[config.weights]]
     per_token = analytic_whisper_decoder_token_bytes(TINY["d_model"], TINY["layers"], WEIGHT_BYTES[config.weights],
-                                                     CACHE_BYTES.get(config.kind, 4.0), vocab=TINY["vocab"])
+                                                     cache_bytes(config), vocab=TINY["vocab"])
     return encoder + tokens * per_token / peaks["bandwidth"], windows
 
 

@@ -72,7 +72,7 @@ def test_candidates_for_long_audio_add_batched_windows_to_whisper_only():
     long = candidates("whisper-tiny.en", "cpu", weights="real", compile=False, long_audio=True)
     batched = [m for m in long if m.longform == "batched"]
     assert ("transformers", "fp32") in {(m.engine, m.dtype) for m in batched}
-    assert all(m.engine in ("transformers", "ct2") for m in batched)
+    assert all(m.engine in ("transformers", "ct2", "whispercpp") for m in batched)
     assert set(long) - set(batched) == set(short)
     if any(m.engine == "ct2" for m in short):
         assert any(m.engine == "ct2" and m.dtype == "int8" for m in batched)
