@@ -34,6 +34,13 @@ def checks() -> list[tuple[str, bool, str]]:
     rows.append(("engine ort", ort_ok,
                  f"onnxruntime {_version('onnxruntime')}, onnx {_version('onnx')} (CTC and Whisper models)" if ort_ok
                  else "pip install 'asrperf[ort]'"))
+    wcpp_ok = _have("_pywhispercpp") and _have("gguf")
+    rows.append(("engine whispercpp", wcpp_ok,
+                 f"pywhispercpp {_version('pywhispercpp')} (whisper.cpp; ggml f32/f16/q8_0/q5_*), gguf {_version('gguf')}"
+                 if wcpp_ok else "pip install 'asrperf[whispercpp]'"))
+    oa_ok = _have("whisper") and _version("openai-whisper") != "?" and torch_ok
+    rows.append(("engine openai-whisper", oa_ok, f"openai-whisper {_version('openai-whisper')} (the reference)" if oa_ok
+                 else "pip install 'asrperf[openai-whisper]'"))
     nemo_ok = _have("nemo") and _version("nemo-toolkit") != "?" and torch_ok
     rows.append(("engine nemo", nemo_ok,
                  f"nemo-toolkit {_version('nemo-toolkit')} (.nemo checkpoints)" if nemo_ok
