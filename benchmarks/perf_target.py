@@ -371,7 +371,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--length", type=float, default=60.0, help="clip length, seconds")
     ap.add_argument("--audio", default="exact,continuous,real")
-    ap.add_argument("--only", default="", help="comma-separated substrings: run the matching configurations only")
+    ap.add_argument("--only", action="append", default=[],
+                    help="run only the configurations whose name contains this (repeatable)")
     ap.add_argument("--native-whispercpp", default="", help="a directory holding a native pywhispercpp build "
                     "(pip install --target DIR the wheel built from its sdist with GGML_NATIVE=ON)")
     ap.add_argument("--cache-dir", default=".asrperf-cache")
@@ -387,7 +388,7 @@ def main() -> None:
         a.length, a.clips, a.calls, a.warmup, a.rounds = 5.0, 1, 1, 0, 1
     configs = CONFIGS + (native_configs(a.native_whispercpp) if a.native_whispercpp else [])
     if a.only:
-        configs = [c for c in configs if any(s in c.name for s in a.only.split(","))]
+        configs = [c for c in configs if any(s in c.name for s in a.only)]
     kinds = [k for k in a.audio.split(",") if k]
     keys = prepare_audio(kinds, a.length, a.clips, a.cache_dir)
     peaks = measure_peaks(a.threads)

@@ -95,6 +95,8 @@ def test_random_weights_decode_a_capped_token_count(cache_dir, clips):
 def test_errors_are_one_line(cache_dir, f16):
     with pytest.raises(ModelError, match="dtype 'int8' is not a ggml type"):
         _load(cache_dir, "int8")
+    with pytest.raises(ModelError, match="aborts on f32 models.*use dtype fp16"):
+        _load(cache_dir, "fp32")
     with pytest.raises(ModelError, match="runs on cpu here"):
         create("whispercpp", cache_dir).load(resolve("whisper-tiny.en"), "auto", "fp16", "cuda")
     with pytest.raises(ModelError, match="Whisper models only"):

@@ -81,7 +81,7 @@ def run(
     threads: Optional[str] = typer.Option(None, help="CPU threads per cell, e.g. 1,2 (0 = all cores)."),
     n_clips: Optional[int] = typer.Option(None, help="Clips per length."),
     weights: Optional[str] = typer.Option(None, help="auto | real | random, for every model."),
-    dtype: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 (engines transformers, ct2); int8 | int8_float32 | int8_float16 | int8_bfloat16 (engine ct2); fp32 | int8 (engine ort); fp32 (engine nemo)."),
+    dtype: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 (engines transformers, ct2); int8 | int8_float32 | int8_float16 | int8_bfloat16 (engine ct2); fp32 | int8 (engine ort); fp32 (engine nemo); fp16 (default) | q8_0 | q5_1 | q5_0 (engine whispercpp)."),
     quant: Optional[str] = typer.Option(None, help="none | int8_dynamic | int8_weight_only, for every model (engine transformers)."),
     attn: Optional[str] = typer.Option(None, help="sdpa | eager | flash_attention_2 (CUDA, fp16/bf16), for every model (engine transformers)."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile every model; Whisper decodes with a static KV cache (engine transformers)."),
@@ -107,8 +107,11 @@ def run(
                         timeout, manifest, folder, hf_dataset, hf_config, split, weights, dtype,
                         quant=quant, attn=attn, compile_=compile_, longform=longform)
     if engine:  # the same checkpoints through several engines, side by side
-        cfg = dataclasses.replace(cfg, models=tuple(dataclasses.replace(m, engine=e) for e in engine
-                                                    for m in cfg.models)).validate()
+        from asrperf.engines.registry import DEFAULT_DTYPES
+
+        cfg = dataclasses.replace(cfg, models=tuple(
+            dataclasses.replace(m, engine=e, dtype=m.dtype if dtype else DEFAULT_DTYPES.get(e, m.dtype))
+            for e in engine for m in cfg.models)).validate()
     check(cfg)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:

@@ -28,6 +28,10 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 
 
+# engines that cannot run the fp32 default: the dtype `asrperf run -e ENGINE` gives them unless told
+DEFAULT_DTYPES: dict[str, str] = {"whispercpp": "fp16"}
+
+
 def supports(engine: str, family: str) -> bool:
     """Whether `engine` runs models of `family`; an unknown family ("", a Hub id not yet read) may run."""
     return not family or family in FAMILIES.get(engine, ())

@@ -36,8 +36,10 @@ from asrperf.engines.windows import WINDOW_S, WINDOW_SAMPLES
 from asrperf.errors import ModelError, require
 
 CONVERTER_VERSION = 1  # bump when the written ggml file changes, so cached conversions are redone
-# asrperf dtype -> ggml weight type of the file (whisper.cpp computes in f32 with f16/quantized weights)
-GGML_DTYPES = {"fp32": "f32", "fp16": "f16", "q8_0": "q8_0", "q5_0": "q5_0", "q5_1": "q5_1"}
+# asrperf dtype -> ggml weight type of the file (whisper.cpp computes in f32 with f16/quantized weights).
+# No fp32: an f32 file declares f32 conv kernels, and whisper.cpp's CPU convolution (ggml_conv_1d ->
+# im2col into f16) asserts f16 kernels (GGML_ASSERT in ggml-cpu/ops.cpp, whisper.cpp 1.8.5): it aborts.
+GGML_DTYPES = {"fp16": "f16", "q8_0": "q8_0", "q5_0": "q5_0", "q5_1": "q5_1"}
 # Random weights rarely emit end-of-text, so each window is capped at the transformers engine's
 # fixed count for random weights (3 tokens per audio second: 90 per 30 s window); the row records
 # the count decoded.
@@ -88,6 +90,9 @@ class WhisperCppEngine(Engine):
         if device != "cpu":
             raise ModelError(f"device '{device}': engine whispercpp runs on cpu here (the PyPI wheel is a CPU "
                              f"build); use device cpu, or engine ct2/transformers on CUDA")
+        if dtype == "fp32":
+            raise ModelError("dtype 'fp32': whisper.cpp's CPU backend aborts on f32 models (its convolution needs "
+                             "f16 kernels); use dtype fp16 (f16 weights, f32 compute) or q8_0/q5_1/q5_0")
         if dtype not in GGML_DTYPES:
             raise ModelError(f"dtype '{dtype}' is not a ggml type engine whispercpp offers; use one of "
                              f"{', '.join(GGML_DTYPES)}")
