@@ -220,7 +220,7 @@ def child_main(config: Config, cache_dir: str, clip_keys: dict[str, str], n_clip
 
 
 # -- the audio --------------------------------------------------------------------------------------
-def prepare_audio(kinds: list[str], length_s: float, n_clips: int, cache_dir: str) -> dict[str, str]:
+def prepare_audio(kinds: list[str], length_s: float, n_clips: int, cache_dir: str, n_sentences: int) -> dict[str, str]:
     """Clip-cache keys of each available audio kind (built once; the real recording needs its package)."""
     from asrperf.config import config_from_dict
     from asrperf.data.clips import ClipCache, build_continuous
@@ -230,7 +230,8 @@ def prepare_audio(kinds: list[str], length_s: float, n_clips: int, cache_dir: st
     for kind in kinds:
         if kind in ("exact", "continuous"):
             cfg = config_from_dict({"run": {"clip_lengths_s": [length_s], "n_clips": n_clips, "clip_mode": kind,
-                                            "cache_dir": cache_dir}, "models": ["whisper-tiny.en"]}, "perf_target")
+                                            "cache_dir": cache_dir}, "models": ["whisper-tiny.en"],
+                                    "source": {"kind": "builtin", "n_sentences": n_sentences}}, "perf_target")
             keys[kind] = prepare(cfg)[float(length_s)]
             continue
         utterances = librivox_utterances()
@@ -371,12 +372,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--length", type=float, default=60.0, help="clip length, seconds")
     ap.add_argument("--audio", default="exact,continuous,real")
+    ap.add_argument("--sentences", type=int, default=120, help="built-in corpus size (120: ~4 min of speech)")
     ap.add_argument("--only", action="append", default=[],
                     help="run only the configurations whose name contains this (repeatable)")
     ap.add_argument("--native-whispercpp", default="", help="a directory holding a native pywhispercpp build "
                     "(pip install --target DIR the wheel built from its sdist with GGML_NATIVE=ON)")
     ap.add_argument("--cache-dir", default=".asrperf-cache")
-    ap.add_argument("--quick", action="store_true", help="a 5 s clip, 1 clip, 1 call, no warm-up, 1 round: "
+    ap.add_argument("--quick", action="store_true", help="a 5 s clip of a 30-sentence corpus, 1 call, no warm-up, 1 round: "
                     "proves every configuration runs; its numbers mean nothing")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--clip-keys", help=argparse.SUPPRESS)
@@ -385,12 +387,12 @@ def main() -> None:
         return child_main(Config(**json.loads(a.child)), a.cache_dir, json.loads(a.clip_keys), a.clips, a.calls,
                           a.warmup, a.threads)
     if a.quick:
-        a.length, a.clips, a.calls, a.warmup, a.rounds = 5.0, 1, 1, 0, 1
+        a.length, a.clips, a.calls, a.warmup, a.rounds, a.sentences = 5.0, 1, 1, 0, 1, 30
     configs = CONFIGS + (native_configs(a.native_whispercpp) if a.native_whispercpp else [])
     if a.only:
         configs = [c for c in configs if any(s in c.name for s in a.only)]
     kinds = [k for k in a.audio.split(",") if k]
-    keys = prepare_audio(kinds, a.length, a.clips, a.cache_dir)
+    keys = prepare_audio(kinds, a.length, a.clips, a.cache_dir, a.sentences)
     peaks = measure_peaks(a.threads)
     print(f"{len(configs)} configurations x {len(keys)} audio kinds, {a.rounds} round(s), {a.warmup} warm-up + "
           f"{a.calls} calls, {a.threads} threads; {peaks_line(peaks)}", file=sys.stderr, flush=True)
