@@ -86,7 +86,7 @@ CONFIGS = [
     Config("faster-whisper batched int8, no VAD", "peer", False, False, 8, "int8", "fw-batched",
            "BatchedInferencePipeline batch 8, fixed 30 s chunks (clip_timestamps), beam 1", {"vad": False}),
     Config("whisper.cpp wheel q8_0, timestamps", "peer", True, False, 1, "q8_0", "pywhispercpp",
-           f"pywhispercpp Model (PyPI wheel), greedy, temperature_inc 0, no_context", {"no_timestamps": False}),
+           "pywhispercpp Model (PyPI wheel), greedy, temperature_inc 0, no_context", {"no_timestamps": False}),
     Config("whisper.cpp wheel q8_0, text", "peer", False, False, 1, "q8_0", "pywhispercpp",
            "pywhispercpp Model (PyPI wheel), greedy, temperature_inc 0, no_context, no_timestamps",
            {"no_timestamps": True}),

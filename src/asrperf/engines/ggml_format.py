@@ -25,8 +25,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from asrperf.engines.openai_layout import expected_names
@@ -157,9 +155,9 @@ def read_ggml(path: Path) -> GgmlModel:
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"{path}: ggml model file not found; let asrperf convert the checkpoint, or point to a ggml .bin")
+        raise ModelError(f"{path}: ggml model file not found; let asrperf convert the checkpoint again")
     size = path.stat().st_size
-    fix = "delete it so asrperf converts the checkpoint again, or point to a whisper.cpp ggml .bin"
+    fix = "delete it so asrperf converts the checkpoint again"
     with open(path, "rb") as f:
         def ints(n: int, what: str) -> tuple[int, ...]:
             raw = f.read(4 * n)
@@ -167,7 +165,7 @@ def read_ggml(path: Path) -> GgmlModel:
                 raise ModelError(f"{path}: truncated while reading {what} at byte {f.tell()}; {fix}")
             return struct.unpack(f"<{n}i", raw)
 
-        (magic,) = struct.unpack("<I", struct.pack("<i", ints(1, "the magic")[0]))
+        (magic,) = ints(1, "the magic")  # 0x67676d6c fits an int32
         if magic != GGML_FILE_MAGIC:
             raise ModelError(f"{path}: not a ggml file (magic {magic:#010x}, expected {GGML_FILE_MAGIC:#010x}); {fix}")
         hparams = dict(zip(HPARAMS, ints(len(HPARAMS), "the hyperparameters")))
@@ -208,13 +206,8 @@ def _check_tensors(model: GgmlModel, fix: str) -> None:
         raise ModelError(f"{model.path}: tensors do not match the header's Whisper (missing {missing[:3]}, "
                          f"unexpected {extra[:3]}, {len(missing)} + {len(extra)} in all); {fix}")
     for name, (ggml_type, shape) in model.tensors.items():
-        ndim = 2 if name.endswith("conv1.bias") or name.endswith("conv2.bias") else len(shape)
-        want_type = tensor_type(name, ndim, model.wtype)
+        want_type = tensor_type(name, len(shape), model.wtype)
         if ggml_type != want_type:
             raise ModelError(f"{model.path}: tensor {name} is {ggml_type}, whisper.cpp expects {want_type} in a "
                              f"{model.wtype} file; {fix}")
 
-
-def describe(model: GgmlModel) -> dict[str, Any]:
-    """Row fields: the file's weight type and size."""
-    return {"ggml_type": model.wtype, "ggml_file_bytes": model.path.stat().st_size}
