@@ -260,3 +260,12 @@ def test_whisper_tiny_flops_per_window_and_per_token_through_the_engine(cache_di
     assert units["flops_encoder_per_window"] == pytest.approx(analytic_whisper_encoder_flops(D, LAYERS), rel=0.02)
     assert units["flops_per_audio_s"] == fc.total_flops / 5.0
     assert sum(c.flops for c in fc.calls) == pytest.approx(fc.total_flops, rel=0.01)  # all but generate's own ops
+
+
+def test_decoder_token_bytes_of_tiny_by_hand():
+    from asrperf.measure.flops import analytic_whisper_decoder_token_bytes
+
+    # tiny.en: 4 layers x (6 x 384^2 + 2 x 384 x 1536) + 384 x 51864 = 28,173,312 weights;
+    # cross K/V: 2 x 4 x 1500 x 384 = 4,608,000 values
+    assert analytic_whisper_decoder_token_bytes(384, 4, 4, 4, vocab=51864) == 4 * 28_173_312 + 4 * 4_608_000
+    assert analytic_whisper_decoder_token_bytes(384, 4, 1, 2, vocab=51864) == 28_173_312 + 2 * 4_608_000

@@ -89,14 +89,14 @@ _CONFIG_ARG = typer.Argument(None, help="TOML run description; flags override it
 def run(
     config: Optional[Path] = _CONFIG_ARG,
     model: list[str] = typer.Option([], "--model", "-m", help="Catalog name, Hub id or local checkpoint dir (repeatable)."),
-    engine: list[str] = typer.Option([], "--engine", "-e", help="transformers | ct2 | ort | nemo (repeatable: every model through each)."),
+    engine: list[str] = typer.Option([], "--engine", "-e", help="transformers | ct2 | ort | nemo | whispercpp | openai-whisper (repeatable: every model through each)."),
     lengths: Optional[str] = typer.Option(None, help="Clip lengths in seconds, e.g. 5,15,30,60."),
     batch: Optional[str] = typer.Option(None, help="Batch sizes, e.g. 1,4,16."),
     device: list[str] = typer.Option([], help="cpu, cuda or cuda:N (repeatable)."),
     threads: Optional[str] = typer.Option(None, help="CPU threads per cell, e.g. 1,2 (0 = all cores)."),
     n_clips: Optional[int] = typer.Option(None, help="Clips per length."),
     weights: Optional[str] = typer.Option(None, help="auto | real | random, for every model."),
-    dtype: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 (engines transformers, ct2); int8 | int8_float32 | int8_float16 | int8_bfloat16 (engine ct2); fp32 | int8 (engine ort); fp32 (engine nemo)."),
+    dtype: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 (engines transformers, ct2); int8 | int8_float32 | int8_float16 | int8_bfloat16 (engine ct2); fp32 | int8 (engine ort); fp32 (engine nemo); fp16 (default) | q8_0 | q5_1 | q5_0 (engine whispercpp)."),
     quant: Optional[str] = typer.Option(None, help="none | int8_dynamic | int8_weight_only, for every model (engine transformers)."),
     attn: Optional[str] = typer.Option(None, help="sdpa | eager | flash_attention_2 (CUDA, fp16/bf16), for every model (engine transformers)."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile every model; Whisper decodes with a static KV cache (engine transformers)."),
@@ -127,8 +127,11 @@ def run(
                         timeout, manifest, folder, hf_dataset, hf_config, split, weights, dtype,
                         quant=quant, attn=attn, compile_=compile_, longform=longform)
     if engine:  # the same checkpoints through several engines, side by side
-        cfg = dataclasses.replace(cfg, models=tuple(dataclasses.replace(m, engine=e) for e in engine
-                                                    for m in cfg.models)).validate()
+        from asrperf.config import default_dtype
+
+        cfg = dataclasses.replace(cfg, models=tuple(
+            dataclasses.replace(m, engine=e, dtype=m.dtype if dtype else default_dtype(e))
+            for e in engine for m in cfg.models)).validate()
     check(cfg)
     if wait_quiet is not None and wait_quiet < 0:
         raise ConfigError(f"--wait-quiet: {wait_quiet:g} must be >= 0 seconds")

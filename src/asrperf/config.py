@@ -23,7 +23,7 @@ from asrperf.errors import ConfigError, check_keys
 from asrperf.options import ATTN_CHOICES, LONGFORM_CHOICES, QUANT_CHOICES, VariantOptions
 
 WEIGHTS_CHOICES = ("auto", "real", "random")
-CLIP_MODES = ("exact", "loop")
+CLIP_MODES = ("exact", "continuous", "loop")  # data/clips.py BUILDERS
 DEFAULT_MAX_BATCH = 64  # max_throughput: the largest batch the search tries unless told
 MAX_DECODE_TOKENS = 440  # Whisper decodes at most 448 positions, prompt included
 
@@ -55,6 +55,11 @@ class ModelConfig:
     def variant(self) -> str:
         """Short label of how the model runs: "fp32" for the baseline, else e.g. "fp32+quant=int8_dynamic"."""
         return self.options.label(self.dtype)
+
+
+def default_dtype(engine: str) -> str:
+    """The dtype engine `engine` runs when none is given (its declaration's; fp32 for most)."""
+    return declaration(engine).default_dtype
 
 
 def check_variant(m: ModelConfig, device: str | None = None) -> None:
@@ -184,7 +189,7 @@ class RunConfig:
     @property
     def scores_accuracy(self) -> bool:
         """Loop-mode clips repeat audio to fill the length: they have no exact reference to score."""
-        return self.accuracy and self.clip_mode == "exact"
+        return self.accuracy and self.clip_mode in ("exact", "continuous")
 
     def identity(self) -> str:
         """Short hash of everything that changes results, asrperf's version included (an upgrade

@@ -2,8 +2,11 @@
 
 A clip of L seconds holds exactly round(L * rate) samples. In "exact" mode it is built from
 *whole* utterances of the source, padded with digital silence, so its reference is exactly the
-utterances' texts joined. In "loop" mode the source audio is repeated and cut to fill the length:
-good for speed-only runs, with no reference text.
+utterances' texts joined. "continuous" mode packs whole utterances the same way but runs them
+together like one long recording: the audio starts with the first utterance and ends with the
+last, and the shortfall is spread over the pauses between them instead of padding the end
+(`build_continuous`); the reference stays exact. In "loop" mode the source audio is repeated and
+cut to fill the length: good for speed-only runs, with no reference text.
 
 Exact packing: a clip takes consecutive utterances until the next one does not fit. When those
 fill less than FILL_TARGET of it (2.9 s sentences leave a 5 s clip 58% speech), the clip is packed
@@ -124,15 +127,15 @@ def _repack(pool: list[Utterance], target: int, sample_rate: int) -> list[int]:
     return head + [rest[k] for k in (chosen if chosen is not None else _fullest_subset(sizes, capacity))]
 
 
-def build_exact(utterances: Iterable[Utterance], length_s: float, n: int, sample_rate: int) -> list[Clip]:
-    """Pack whole utterances into `n` clips of exactly `length_s` seconds (module docstring: packing).
+def _pack(utterances: Iterable[Utterance], length_s: float, n: int, sample_rate: int) -> list[list[Utterance]]:
+    """The whole utterances of each of `n` clips of exactly `length_s` seconds (module docstring: packing).
 
     An utterance longer than a clip cannot be used whole and is passed over (it is never cut,
     which would make the reference inexact). Raises DataError when the source runs out first.
     The source is read only as far as the clips need (PACK_WINDOW more utterances when repacking).
     """
     target = n_samples(length_s, sample_rate)
-    clips: list[Clip] = []
+    groups: list[list[Utterance]] = []
     stream = iter(utterances)
     pool: list[Utterance] = []  # read, usable, not yet in a clip, in source order
     exhausted = False
@@ -151,7 +154,7 @@ def build_exact(utterances: Iterable[Utterance], length_s: float, n: int, sample
     def speech(chosen: list[int]) -> int:
         return sum(len(pool[i].audio) for i in chosen)
 
-    while len(clips) < n:
+    while len(groups) < n:
         fill(target + 1)  # past the clip's length: the greedy clip knows where it stops
         if not pool:
             break
@@ -160,22 +163,56 @@ def build_exact(utterances: Iterable[Utterance], length_s: float, n: int, sample
             fill(target + int(PACK_TAIL_S * sample_rate), PACK_WINDOW)
             repacked = _repack(pool, target, sample_rate)
             chosen = repacked if speech(repacked) > speech(chosen) else chosen
-        parts = [pool[i] for i in chosen]
+        groups.append([pool[i] for i in chosen])
         for i in reversed(chosen):
             del pool[i]
-        audio = np.zeros(target, dtype=np.float32)
-        pos = 0
-        for u in parts:
-            audio[pos : pos + len(u.audio)] = u.audio
-            pos += len(u.audio)
-        clips.append(Clip(id=_clip_id(length_s, len(clips)), length_s=length_s, audio=audio, sample_rate=sample_rate,
-                          text=" ".join(u.text for u in parts), utterance_ids=tuple(u.id for u in parts),
-                          speech_s=pos / sample_rate))
-    if len(clips) < n:
+    if len(groups) < n:
         raise DataError(
-            f"the source holds only enough whole utterances for {len(clips)} clip(s) of {length_s:g} s, "
+            f"the source holds only enough whole utterances for {len(groups)} clip(s) of {length_s:g} s, "
             f"{n} asked; lower n_clips or use a larger source"
         )
+    return groups
+
+
+def _clip(parts: list[Utterance], index: int, length_s: float, sample_rate: int, gaps: list[int] = ()) -> Clip:
+    """One clip of exactly `length_s` seconds: `parts` in order, `gaps[i]` samples of silence after part i,
+    digital silence to the end."""
+    audio = np.zeros(n_samples(length_s, sample_rate), dtype=np.float32)
+    pos = 0
+    for i, u in enumerate(parts):
+        audio[pos : pos + len(u.audio)] = u.audio
+        pos += len(u.audio) + (gaps[i] if i < len(gaps) else 0)
+    return Clip(id=_clip_id(length_s, index), length_s=length_s, audio=audio, sample_rate=sample_rate,
+                text=" ".join(u.text for u in parts), utterance_ids=tuple(u.id for u in parts),
+                speech_s=sum(len(u.audio) for u in parts) / sample_rate)
+
+
+def build_exact(utterances: Iterable[Utterance], length_s: float, n: int, sample_rate: int) -> list[Clip]:
+    """Whole utterances back to back, then digital silence to exactly `length_s` seconds (see `_pack`)."""
+    return [_clip(parts, i, length_s, sample_rate) for i, parts in enumerate(_pack(utterances, length_s, n, sample_rate))]
+
+
+def gap_samples(shortfall: int, n_gaps: int) -> list[int]:
+    """Split `shortfall` samples over `n_gaps` pauses as evenly as whole samples allow (earlier gaps
+    take the remainder): 10 over 3 -> [4, 3, 3]."""
+    base, extra = divmod(shortfall, n_gaps)
+    return [base + (i < extra) for i in range(n_gaps)]
+
+
+def build_continuous(utterances: Iterable[Utterance], length_s: float, n: int, sample_rate: int) -> list[Clip]:
+    """Whole utterances run together like one recording, exactly `length_s` seconds, exact reference.
+
+    Utterances are packed as in build_exact; the samples left over go into the k - 1 pauses between
+    the k utterances, evenly, instead of one block of silence at the end. Each utterance keeps its
+    own edge silence (the source's natural pause). A clip of a single utterance has no pause to
+    widen and is padded at the end, as in exact mode.
+    """
+    target = n_samples(length_s, sample_rate)
+    clips = []
+    for i, parts in enumerate(_pack(utterances, length_s, n, sample_rate)):
+        speech = sum(len(u.audio) for u in parts)
+        gaps = gap_samples(target - speech, len(parts) - 1) if len(parts) > 1 else []
+        clips.append(_clip(parts, i, length_s, sample_rate, gaps))
     return clips
 
 
@@ -208,6 +245,7 @@ def build_loop(utterances: Iterable[Utterance], length_s: float, n: int, sample_
 
 BUILDERS: dict[str, Callable[[Iterable[Utterance], float, int, int], list[Clip]]] = {
     "exact": build_exact,
+    "continuous": build_continuous,
     "loop": build_loop,
 }
 
