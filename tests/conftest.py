@@ -1,13 +1,62 @@
-"""Shared fixtures: one small built-in corpus and one clip cache for the whole session."""
+"""Shared fixtures: one small built-in corpus and one clip cache for the whole session.
 
+Two options run the same tests elsewhere (benchmarks/gpu/run.sh uses both on the GPU machine):
+
+- `--asrperf-device cuda` runs every test that takes the `device` fixture on that device; such
+  tests are marked `device` at collection, so `-m "gpu or device"` selects the CUDA work.
+- `--asrperf-cache DIR` starts the session cache from a copy of a cache built elsewhere (clips
+  from `asrperf prepare`), for a machine without the tts extra that synthesises the corpus.
+"""
+
+import shutil
 from pathlib import Path
 
 import pytest
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("asrperf")
+    group.addoption("--asrperf-device", default="cpu",
+                    help="device for the tests that take the `device` fixture: cpu, cuda or cuda:N (default cpu)")
+    group.addoption("--asrperf-cache", default=None, metavar="DIR",
+                    help="copy this asrperf cache (clips built by `asrperf prepare`) into the session cache")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "device: takes the `device` fixture (--asrperf-device picks cpu or cuda)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        # a test that parametrises its own `device` argument does not use the fixture
+        own = getattr(getattr(item, "callspec", None), "params", {})
+        if "device" in getattr(item, "fixturenames", ()) and "device" not in own:
+            item.add_marker(pytest.mark.device)
+
+
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("asrperf-cache")
+def device(request: pytest.FixtureRequest) -> str:
+    """The device of device-parametrised tests; asking for CUDA where there is none is an error, not a skip."""
+    name = request.config.getoption("--asrperf-device")
+    if not (name == "cpu" or name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise pytest.UsageError(f"--asrperf-device: '{name}' is not a device; use cpu, cuda or cuda:N")
+    if name != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(f"--asrperf-device {name}: torch sees no CUDA device here")
+    return name
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory, request) -> Path:
+    path = tmp_path_factory.mktemp("asrperf-cache")
+    seed = request.config.getoption("--asrperf-cache")
+    if seed:
+        if not Path(seed).is_dir():
+            raise pytest.UsageError(f"--asrperf-cache: {seed} is not a directory")
+        shutil.copytree(seed, path, dirs_exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,10 @@ from asrperf.engines.hf import TransformersEngine
 from asrperf.errors import ConfigError, MissingExtraError, ModelError
 from asrperf.measure.wer import error_rates
 
+# real tiny.en on the first 5 s clip (two Harvard sentences, 16 words): 4 word errors
+# ("birch canoe slid" -> "birch can use lid", "parked" -> "park"); more means a broken pipeline
+SHORT_CLIP_MAX_WER = 0.3
+
 # Both engines run the same tiny.en weights (the bundled CTranslate2 export; the transformers copy
 # is dequantized from it) with the same greedy, no-fallback decoding, so they should agree almost
 # word for word. What may differ: float summation order in the kernels, and how each library's
@@ -84,7 +88,7 @@ def test_info_reports_real_bundled_weights_and_the_compute_type(ct2_int8):
 def test_short_and_60_s_clips_are_transcribed(engine_name, clips, request):
     engine = request.getfixturevalue(engine_name)
     short, _ = _wer(engine, clips[5.0][0], reuse=False)  # fresh calls: info()["longform"] describes them
-    assert short < 0.25
+    assert short <= SHORT_CLIP_MAX_WER
     assert engine.info()["longform"] == "none needed (<= 30 s)"
     long, text = _wer(engine, clips[60.0][0], reuse=False)
     assert long < 0.15, text  # a 30 s truncation would delete about half the words
@@ -124,7 +128,7 @@ def test_ct2_int8_through_the_runner_commits_an_ok_row(run_rows):
     (row,) = run_rows([{"name": "whisper-tiny.en", "engine": "ct2", "dtype": "int8"}],
                       timing={"warmup_calls": 0, "min_calls": 1, "min_time_s": 0.0})
     assert row["engine"] == "ct2" and row["weights"] == "real" and row["dtype"] == "int8"
-    assert row["wer"] is not None and row["wer"] < 0.25
+    assert row["wer"] is not None and row["wer"] <= SHORT_CLIP_MAX_WER
 
 
 def test_random_weights_are_refused_with_the_fix(cache_dir):

@@ -120,8 +120,13 @@ def _encoder_flops(model, device: str = "cpu"):
         return count_flops(model.model.encoder, features)
 
 
-def test_whisper_tiny_encoder_matches_analytic_with_attention(tiny_model):
-    fc = _encoder_flops(tiny_model)
+def test_whisper_tiny_encoder_matches_analytic_with_attention(tiny_model, device):
+    # on CUDA the attention runs in torch's own fused kernels (flash / memory-efficient), whose
+    # formulas torch ships: the count must be the same
+    try:
+        fc = _encoder_flops(tiny_model.to(device), device)
+    finally:
+        tiny_model.to("cpu")
     analytic = analytic_whisper_encoder_flops(D, LAYERS)
     analytic_no_attn = analytic_whisper_encoder_flops(D, LAYERS, attention=False)
     print(f"\nwhisper-tiny encoder, 30 s window: counted {fc.gflops:.3f} GFLOPs "
@@ -182,13 +187,13 @@ def test_whisper_tiny_decoder_token_flops_grow_only_through_attention(tiny_model
 
 # --- through the engine: wav2vec2 under inference_mode, FLOPs per unit of work ----------------
 
-def _engine(name: str, cache_dir):
+def _engine(name: str, cache_dir, device: str = "cpu"):
     pytest.importorskip("transformers")
     from asrperf.engines.catalog import resolve
     from asrperf.engines.hf import TransformersEngine
 
     engine = TransformersEngine(cache_dir)
-    engine.load(resolve(name), "random", "fp32", "cpu")
+    engine.load(resolve(name), "random", "fp32", device)
     return engine
 
 
@@ -198,10 +203,10 @@ def _noise(seconds: float):
     return (0.1 * np.random.default_rng(0).standard_normal(int(16000 * seconds))).astype(np.float32)
 
 
-def test_wav2vec2_base_is_counted_under_inference_mode_and_matches_analytic(cache_dir):
+def test_wav2vec2_base_is_counted_under_inference_mode_and_matches_analytic(cache_dir, device):
     # the engine's transcribe runs under inference_mode; the weight-norm parametrised positional
     # conv made torch's module tracker fail there while parameters required grad
-    engine = _engine("wav2vec2-base", cache_dir)
+    engine = _engine("wav2vec2-base", cache_dir, device)
     assert not any(p.requires_grad for p in engine.model.parameters())
     fc = count_flops(lambda: engine.transcribe([_noise(1.0)], 16000))
     # by hand, 16000 samples: conv lengths 3199, 1599, 799, 399, 199, 99, 49 frames (T = 49)
@@ -232,8 +237,8 @@ def _decoder_token_by_hand(d: int, layers: int, cache_len: int, frames: int = 15
     return layers * (self_attn_proj + self_attn + cross_proj + cross_attn + mlp) + d * vocab * 2
 
 
-def test_whisper_tiny_flops_per_window_and_per_token_through_the_engine(cache_dir):
-    engine = _engine("whisper-tiny", cache_dir)
+def test_whisper_tiny_flops_per_window_and_per_token_through_the_engine(cache_dir, device):
+    engine = _engine("whisper-tiny", cache_dir, device)
     fc = count_flops(lambda: engine.transcribe([_noise(5.0)], 16000))
     units = per_unit(fc, engine.flop_stages(), 5.0)
     # random weights decode 3 tokens per audio second: 15, after the multilingual prompt of 4
@@ -255,3 +260,12 @@ def test_whisper_tiny_flops_per_window_and_per_token_through_the_engine(cache_di
     assert units["flops_encoder_per_window"] == pytest.approx(analytic_whisper_encoder_flops(D, LAYERS), rel=0.02)
     assert units["flops_per_audio_s"] == fc.total_flops / 5.0
     assert sum(c.flops for c in fc.calls) == pytest.approx(fc.total_flops, rel=0.01)  # all but generate's own ops
+
+
+def test_decoder_token_bytes_of_tiny_by_hand():
+    from asrperf.measure.flops import analytic_whisper_decoder_token_bytes
+
+    # tiny.en: 4 layers x (6 x 384^2 + 2 x 384 x 1536) + 384 x 51864 = 28,173,312 weights;
+    # cross K/V: 2 x 4 x 1500 x 384 = 4,608,000 values
+    assert analytic_whisper_decoder_token_bytes(384, 4, 4, 4, vocab=51864) == 4 * 28_173_312 + 4 * 4_608_000
+    assert analytic_whisper_decoder_token_bytes(384, 4, 1, 2, vocab=51864) == 28_173_312 + 2 * 4_608_000

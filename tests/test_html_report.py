@@ -45,9 +45,9 @@ def injected_store(store, tmp_path_factory) -> Path:
         src.backup(dst)
     with Store(path) as s:
         real = next(r for r in s.rows() if r["batch_size"] == 1)
-        row = copy.deepcopy(real)
+        row = copy.deepcopy(real.flat())
         for k in ("run_id", "cell_key", "status", "error"):
-            row.pop(k)
+            row.pop(k, None)
         row["model"] = INJECTED
         row["transcripts"] = [{"clip": "5s-000", "ref": INJECTED, "hyp": "hello"}]
         s.commit_cell(real["run_id"], "injected", row, time.time())

@@ -235,7 +235,7 @@ def test_to_row_fields_and_units():
     assert row["max_throughput_stop_reason"] == "plateau"
     assert [p["batch_size"] for p in row["max_throughput_probes"]] == [1, 2, 4, 8]
     assert set(row["max_throughput_probes"][0]) == {
-        "batch_size", "status", "samples_per_s", "latency_s_p50", "peak_memory_bytes", "error"}
+        "batch_size", "status", "samples_per_s", "latency_s_p50", "peak_memory_bytes", "error", "contended"}
     empty = SearchResult().to_row()  # a search that measured nothing: no best, said so, never a number
     assert empty["max_throughput_probes"] == [] and empty["max_throughput_samples_per_s"] is None
     assert empty["max_throughput_batch_size"] is None

@@ -49,11 +49,21 @@ def test_candidates_on_cpu_start_with_the_reference_and_skip_gpu_options():
     models = candidates("whisper-tiny.en", "cpu", weights="real", compile=False)
     ref = models[0]
     assert (ref.engine, ref.dtype, ref.quant, ref.compile) == ("transformers", "fp32", "none", False)
-    assert not any(m.cuda_graphs or m.dtype == "fp16" for m in models)
+    # fp16 compute is a GPU option; whisper.cpp's fp16 is its CPU weight storage (f16 ggml files)
+    assert not any(m.cuda_graphs or (m.dtype == "fp16" and m.engine != "whispercpp") for m in models)
     assert any(m.quant == "int8_dynamic" for m in models)
     assert any(m.engine == "ct2" and m.dtype == "int8" for m in models)
     assert not any(m.compile for m in models)
     assert all(m.engine == "transformers" for m in candidates("wav2vec2-base", "cpu", engines=("transformers",)))
+
+
+def test_candidates_include_whisper_cpps_weight_types_on_cpu_only():
+    pytest.importorskip("_pywhispercpp", reason="engine whispercpp needs pip install 'asrperf[whispercpp]'")
+    cpu = candidates("whisper-tiny.en", "cpu", weights="real", compile=False)
+    assert [m.dtype for m in cpu if m.engine == "whispercpp"] == ["fp16", "q8_0", "q5_1", "q5_0"]
+    assert all(m.longform == "sequential" for m in cpu if m.engine == "whispercpp")
+    assert not any(m.engine == "whispercpp" for m in candidates("whisper-tiny.en", "cuda", compile=False))
+    assert not any(m.engine == "whispercpp" for m in candidates("wav2vec2-base", "cpu", compile=False))
 
 
 def test_candidates_for_long_audio_add_batched_windows_to_whisper_only():
@@ -62,7 +72,7 @@ def test_candidates_for_long_audio_add_batched_windows_to_whisper_only():
     long = candidates("whisper-tiny.en", "cpu", weights="real", compile=False, long_audio=True)
     batched = [m for m in long if m.longform == "batched"]
     assert ("transformers", "fp32") in {(m.engine, m.dtype) for m in batched}
-    assert all(m.engine in ("transformers", "ct2") for m in batched)
+    assert all(m.engine in ("transformers", "ct2", "whispercpp") for m in batched)
     assert set(long) - set(batched) == set(short)
     if any(m.engine == "ct2" for m in short):
         assert any(m.engine == "ct2" and m.dtype == "int8" for m in batched)

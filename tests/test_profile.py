@@ -42,9 +42,9 @@ def clips(cache_dir, tiny_source):
     return out
 
 
-def _profiled(cache_dir, clips, tmp_path, model, weights):
+def _profiled(cache_dir, clips, tmp_path, model, weights, device="cpu"):
     engine = TransformersEngine(cache_dir)
-    engine.load(resolve(model), weights, "fp32", "cpu")
+    engine.load(resolve(model), weights, "fp32", device)
     row = profile_cell(engine, clips, 1, tmp_path, wait=1, warmup=1, active=2)
     return engine, row
 
@@ -67,8 +67,8 @@ def _check_common(engine, clips, row):
     assert min(row["profiled_latencies_s"]) == pytest.approx(min(plain.samples_s), rel=0.3)
 
 
-def test_whisper_profile(cache_dir, clips, tmp_path):
-    engine, row = _profiled(cache_dir, clips, tmp_path, "whisper-tiny.en", "real")
+def test_whisper_profile(cache_dir, clips, tmp_path, device):
+    engine, row = _profiled(cache_dir, clips, tmp_path, "whisper-tiny.en", "real", device)
     shares = {r["category"]: r["share"] for r in row["op_categories"]}
     assert shares["matmul"] > 0.10
     # encoder and decoder steps are marked inside "model" by forward hooks
@@ -78,8 +78,8 @@ def test_whisper_profile(cache_dir, clips, tmp_path):
     _check_common(engine, clips, row)
 
 
-def test_wav2vec2_profile(cache_dir, clips, tmp_path):
-    engine, row = _profiled(cache_dir, clips, tmp_path, "wav2vec2-base", "random")
+def test_wav2vec2_profile(cache_dir, clips, tmp_path, device):
+    engine, row = _profiled(cache_dir, clips, tmp_path, "wav2vec2-base", "random", device)
     shares = {r["category"]: r["share"] for r in row["op_categories"]}
     assert shares["convolution"] > 0.05  # the 7-layer convolutional feature encoder
     assert all(n["name"] for n in row["uncategorised_top"])

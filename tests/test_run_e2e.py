@@ -65,14 +65,23 @@ def test_failed_cell_is_recorded_and_the_run_goes_on(tmp_path, cache_dir, tiny_s
 
 
 def test_worker_crash_becomes_a_failed_row():
-    # a payload the worker cannot even parse: the process dies with a traceback, no result file
-    row = run_isolated({"cell": {"threads": "x"}}, timeout_s=120)
-    assert row["status"] == "failed"
-    assert "worker exited with code 1" in row["error"]
+    # a cell the worker dies on before it can write a row (threads "x" cannot size a thread pool):
+    # the process exits with a traceback and no result file; the row says so, with the cell's identity
+    from asrperf.config import ModelConfig, TimingConfig
+    from asrperf.run.plan import Cell
+    from asrperf.run.worker import CellPayload
+    from asrperf.scenarios.base import ScenarioSettings
+
+    settings = ScenarioSettings(energy=False, energy_idle_s=0.0, flops=False, max_batch=1, memory_budget_bytes=None,
+                                trace_dir="", decode_tokens=0, decode_curve_length_s=5.0)
+    cell = Cell(ModelConfig("wav2vec2-base", weights="random"), "cpu", "x", 5.0, 1, "latency")
+    result = run_isolated(CellPayload(cell, "", "", 1, TimingConfig(), False, True, settings), timeout_s=120)
+    assert result.row["status"] == "failed" and result.row["model_name"] == "wav2vec2-base"
+    assert "worker exited with code 1" in result.row["error"]
 
 
 def test_resume_after_kill_9_loses_and_duplicates_nothing(tmp_path, cache_dir, tiny_source):
-    lengths = [3, 3.5, 4, 4.5]
+    lengths = [3, 4, 4.5, 5]  # each packs >= 90% speech from the 30 test sentences (min_speech_share)
     config = _toml(tmp_path / "run.toml", _config(tmp_path, cache_dir, tiny_source, [W2V], lengths))
     store = tmp_path / "r.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "asrperf", "run", str(config)], cwd=tmp_path,
@@ -145,6 +154,8 @@ def test_max_throughput_scenario_searches_batches(tmp_path, cache_dir, tiny_sour
     assert tried[:2] == [1, 2] and max(tried) <= 4
     assert row["max_throughput_batch_size"] in tried
     assert row["max_throughput_stop_reason"] in ("plateau", "max_batch")
+    # the busy-machine guard watched every probe's timed window
+    assert row["contention_windows"] == len(tried) and all(p["contended"] in (True, False) for p in row["max_throughput_probes"])
     from asrperf.report.tables import study_tables
 
     mt = dict(study_tables([row])[0].rows)["max throughput samples/s, 3 s"]

@@ -40,7 +40,8 @@ def test_serve_answers_with_the_transcript_of_a_builtin_clip(server, workload, c
                    files={"file": ("clip.wav", clips[0].wav, "audio/wav")}, data={"model": "whisper-tiny.en"})
     assert r.status_code == 200, r.text
     text = r.json()["text"]
-    assert error_rates([clips[0].reference], [text]).wer < 0.25, (clips[0].reference, text)
+    # the first repacked 5 s clip: tiny.en gets 4 of its 16 words wrong offline too ("birch can use lid")
+    assert error_rates([clips[0].reference], [text]).wer <= 0.3, (clips[0].reference, text)
     # the same text as the engine gives offline on the same samples (deterministic greedy decoding)
     offline = CTranslate2Engine(cache_dir)
     offline.load(resolve("whisper-tiny.en"), "real", "int8", "cpu")

@@ -20,6 +20,10 @@ from asrperf.results.store import Store
 from asrperf.run.plan import Cell
 from asrperf.run.runner import run
 
+# real tiny.en on the first 5 s clip (two Harvard sentences, 16 words): 4 word errors
+# ("birch canoe slid" -> "birch can use lid", "parked" -> "park"); more means a broken pipeline
+SHORT_CLIP_MAX_WER = 0.3
+
 TINY = "whisper-tiny.en"
 FAST_TIMING = {"warmup_calls": 1, "min_calls": 1, "min_time_s": 0.0, "max_calls": 1}
 # Word error rate a variant may add over the fp32 transcript of the same clip. int8 and bf16 change
@@ -140,7 +144,7 @@ def test_variant_transcribes_a_real_clip(cache_dir, clip, fp32_text, dtype, opti
     assert (info["quant_library"] or "").startswith(library or "")
     assert info["n_params"] == 37_760_256  # counted before quantization packs the Linears
     assert error_rates([fp32_text], [text]).wer <= MAX_WER_VS_FP32, (fp32_text, text)
-    assert error_rates([clip.text], [text]).wer < 0.25, (clip.text, text)
+    assert error_rates([clip.text], [text]).wer <= SHORT_CLIP_MAX_WER, (clip.text, text)
     if options == {"attn": "eager"}:  # the same math in another kernel: the same greedy transcript
         assert text == fp32_text
     if library == "torch.ao.quantization.quantize_dynamic":

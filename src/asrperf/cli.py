@@ -15,12 +15,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape  # messages hold "asrperf[ct2]"-style extras that rich would eat as markup
 
-from asrperf.config import RunConfig, config_from_dict, default_config_dict, load_config
+from asrperf.config import RunConfig, config_from_dict, default_config_dict, default_dtype, load_config
 from asrperf.errors import AsrperfError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=False,
                   help="Benchmark and profile ASR models: measured latency, throughput, RTFx, memory and WER.",
                   context_settings={"help_option_names": ["-h", "--help"]})
+WAIT_QUIET_DEFAULT_S = 600.0  # `run --wait-quiet` without SECONDS: wait at most 10 minutes per cell
 console = Console(stderr=True)
 # tables are wide (a column per model): when piped to a file, do not wrap them at 80 columns
 out = Console() if Console().is_terminal else Console(width=200)
@@ -35,10 +36,14 @@ def _floats(text: str | None, key: str) -> tuple[float, ...] | None:
         raise ConfigError(f"--{key}: '{text}' is not a comma-separated list of numbers") from None
 
 
-def _ints(values: tuple[float, ...] | None, key: str) -> tuple[int, ...]:
-    if values and any(v != int(v) for v in values):
-        raise ConfigError(f"--{key}: {', '.join(f'{v:g}' for v in values)} must be whole numbers")
-    return tuple(int(v) for v in values or ())
+def _ints(text: str | None, key: str) -> tuple[int, ...] | None:
+    """A comma-separated list of whole numbers: "1.5" is refused, never rounded."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--{key}: '{text}' is not a comma-separated list of whole numbers") from None
 
 
 def _build_config(
@@ -56,16 +61,16 @@ def _build_config(
     per_model = {k: v for k, v in (("weights", weights), ("dtype", dtype), ("quant", quant), ("attn", attn),
                                    ("compile", compile_), ("longform", longform)) if v is not None}
     if engines:  # the same checkpoints through several engines, side by side (before validation: --dtype int8 -e ct2)
-        changes["models"] = tuple(dataclasses.replace(m, engine=e) for e in engines
+        changes["models"] = tuple(dataclasses.replace(m, engine=e, dtype=default_dtype(e)) for e in engines
                                   for m in changes.get("models", base.models))
     if per_model:
         changes["models"] = tuple(dataclasses.replace(m, **per_model) for m in changes.get("models", base.models))
     for key, value in (("clip_lengths_s", _floats(lengths, "lengths")),
-                       ("batch_sizes", tuple(int(b) for b in _floats(batch, "batch") or ()) or None),
-                       ("threads", tuple(int(t) for t in _floats(threads, "threads") or ()) or None),
+                       ("batch_sizes", _ints(batch, "batch") or None),
+                       ("threads", _ints(threads, "threads") or None),
                        ("devices", tuple(device) or None), ("n_clips", n_clips), ("isolate", isolate),
                        ("scenarios", tuple(x.strip() for s in scenario or () for x in s.split(",") if x.strip()) or None),
-                       ("chunk_ms", tuple(_ints(_floats(chunk_ms, "chunk-ms"), "chunk-ms")) or None),
+                       ("chunk_ms", _ints(chunk_ms, "chunk-ms") or None),
                        ("cell_timeout_s", timeout), ("store", str(store) if store else None),
                        ("cache_dir", str(cache_dir) if cache_dir else None)):
         if value is not None:
@@ -90,14 +95,14 @@ _CONFIG_ARG = typer.Argument(None, help="TOML run description; flags override it
 def run(
     config: Optional[Path] = _CONFIG_ARG,
     model: list[str] = typer.Option([], "--model", "-m", help="Catalog name, Hub id or local checkpoint dir (repeatable)."),
-    engine: list[str] = typer.Option([], "--engine", "-e", help="transformers | ct2 | ort | nemo (repeatable: every model through each)."),
+    engine: list[str] = typer.Option([], "--engine", "-e", help="transformers | ct2 | ort | nemo | whispercpp | openai-whisper (repeatable: every model through each)."),
     lengths: Optional[str] = typer.Option(None, help="Clip lengths in seconds, e.g. 5,15,30,60."),
     batch: Optional[str] = typer.Option(None, help="Batch sizes, e.g. 1,4,16."),
     device: list[str] = typer.Option([], help="cpu, cuda or cuda:N (repeatable)."),
     threads: Optional[str] = typer.Option(None, help="CPU threads per cell, e.g. 1,2 (0 = all cores)."),
     n_clips: Optional[int] = typer.Option(None, help="Clips per length."),
     weights: Optional[str] = typer.Option(None, help="auto | real | random, for every model."),
-    dtype: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 (engines transformers, ct2); int8 | int8_float32 | int8_float16 | int8_bfloat16 (engine ct2); fp32 | int8 (engine ort); fp32 (engine nemo)."),
+    dtype: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 (engines transformers, ct2); int8 | int8_float32 | int8_float16 | int8_bfloat16 (engine ct2); fp32 | int8 (engine ort); fp32 (engine nemo); fp16 (default) | q8_0 | q5_1 | q5_0 (engine whispercpp)."),
     quant: Optional[str] = typer.Option(None, help="none | int8_dynamic | int8_weight_only, for every model (engine transformers)."),
     attn: Optional[str] = typer.Option(None, help="sdpa | eager | flash_attention_2 (CUDA, fp16/bf16), for every model (engine transformers)."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile every model; Whisper decodes with a static KV cache (engine transformers)."),
@@ -114,6 +119,11 @@ def run(
     isolate: Optional[bool] = typer.Option(None, "--isolate/--no-isolate", help="One process per cell (default on)."),
     timeout: Optional[float] = typer.Option(None, help="Per-cell timeout in seconds."),
     retry_failed: bool = typer.Option(False, help="Re-run cells that failed in an earlier attempt of this run."),
+    wait_quiet: Optional[float] = typer.Option(
+        None, "--wait-quiet", metavar="[SECONDS]",
+        help=f"Before each cell, wait until other processes leave its cores (and GPU) free, at most SECONDS "
+             f"(default {WAIT_QUIET_DEFAULT_S:g}); then measure anyway, flagged if contended."),
+    allow_contended: bool = typer.Option(False, help="Let rows measured on a busy machine into the recommendations."),
 ) -> None:
     """Benchmark: prepare clips, measure every cell, store the rows, print the table."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -126,6 +136,8 @@ def run(
                         quant=quant, attn=attn, compile_=compile_, longform=longform, scenario=scenario,
                         chunk_ms=chunk_ms, engines=engine)
     check(cfg)
+    if wait_quiet is not None and wait_quiet < 0:
+        raise ConfigError(f"--wait-quiet: {wait_quiet:g} must be >= 0 seconds")
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         prep = progress.add_task("preparing clips", total=None)
@@ -142,12 +154,23 @@ def run(
                             description=escape(f"{label}: {state}"[:100]))
             if state.startswith("failed"):
                 console.print(f"[red]{escape(label)}: {escape(state)}[/red]")
+            elif state.startswith(("not quiet", "taking over")):
+                console.print(f"[yellow]{escape(label)}: {escape(state)}[/yellow]")
 
-        summary = run_cells(cfg, retry_failed=retry_failed, on_cell=on_cell, on_prepare=on_prepare)
+        try:
+            summary = run_cells(cfg, retry_failed=retry_failed, on_cell=on_cell, on_prepare=on_prepare,
+                                wait_quiet_s=wait_quiet)
+        except AsrperfError:  # the error is the one line to show: no half-filled progress bars above it
+            for task in progress.task_ids:
+                progress.update(task, visible=False)
+            raise
     console.print(f"run {summary.run_id}: {summary.ran} cell(s) measured, {summary.skipped} already done, "
                   f"{summary.failed} failed; results in {summary.store}")
-    _print_report(summary.store, summary.run_id, "table")
-    if summary.failed:
+    if summary.skipped_failed:
+        console.print(f"[red]{summary.skipped_failed} cell(s) are stored as failed (by an earlier attempt or another "
+                      "run on this store) and were not re-run[/red]; --retry-failed re-runs them", soft_wrap=True)
+    _print_report(summary.store, summary.run_id, "table", allow_contended=allow_contended)
+    if summary.failed or summary.skipped_failed:
         raise typer.Exit(3)
 
 
@@ -173,30 +196,29 @@ def prepare(
 
 def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path | None = None,
                   thresholds: Path | None = None, html: Path | None = None, plots_dir: Path | None = None,
-                  scenarios: tuple[str, ...] = ()) -> None:
+                  scenarios: tuple[str, ...] = (), allow_contended: bool = False) -> None:
     """The report of one run (or every run): tables, recommendations, environment; `scenarios`
     limits the tables to those scenarios' sections (the profile command shows only its own)."""
     from asrperf.report.recommend import Thresholds, load_thresholds, recommend, recommendations_table
     from asrperf.report.profile_tables import profile_tables
     from asrperf.report.streaming_tables import streaming_tables
-    from asrperf.report.tables import environment_lines, render_rich, study_tables, to_markdown
+    from asrperf.report.tables import environment_lines, md_escape, render_rich, study_tables, to_markdown
     from asrperf.results.store import Store, export_rows
 
     limits = load_thresholds(thresholds) if thresholds else Thresholds()
 
-    if not Path(store_path).is_file():
-        raise ConfigError(f"no results store at {store_path}; run `asrperf run` first or pass --store")
-    with Store(store_path) as store:
+    with Store.open_readonly(store_path) as store:  # never changes the store; works on read-only media
         runs = store.runs()
         if not runs:
             raise ConfigError(f"{store_path} holds no runs yet; run `asrperf run` first")
         rid = run_id or runs[-1]["run_id"]
-        if rid not in {r["run_id"] for r in runs}:
+        if run_id != "all" and rid not in {r["run_id"] for r in runs}:
             raise ConfigError(f"run '{rid}' is not in {store_path}; runs: {', '.join(r['run_id'] for r in runs)}")
         rows = store.rows(None if run_id == "all" else rid)
         envs = [(r["run_id"], r["env"]) for r in runs if run_id == "all" or r["run_id"] == rid]
     if html or plots_dir:
-        _write_html(rows, [r for r in runs if run_id == "all" or r["run_id"] == rid], html, plots_dir, limits)
+        _write_html(rows, [r for r in runs if run_id == "all" or r["run_id"] == rid], html, plots_dir, limits,
+                    allow_contended)
         return
     if fmt in ("csv", "json"):
         path = output or Path(f"asrperf-{rid}.{fmt}")
@@ -213,10 +235,10 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
                 console.print(f"trace (open in chrome://tracing or Perfetto): {escape(r['trace_path'])}")
     else:
         tables = (study_tables(rows) + profile_tables(rows) + streaming_tables(rows)
-                  + [recommendations_table(recommend(rows, limits))])
+                  + [recommendations_table(recommend(rows, limits, allow_contended=allow_contended))])
     env_text = [line for r, e in envs for line in environment_lines(e, r)]
     if fmt == "markdown":
-        text = to_markdown(tables) + "\n" + "\n".join(f"- {line.strip()}" for line in env_text) + "\n"
+        text = to_markdown(tables) + "\n" + "\n".join(f"- {md_escape(line.strip(), cell=False)}" for line in env_text) + "\n"
         if output:
             output.write_text(text)
         else:
@@ -237,15 +259,16 @@ def report(
     html: Optional[Path] = typer.Option(None, "--html", help="Write one self-contained HTML page (tables, plots)."),
     plots_dir: Optional[Path] = typer.Option(None, "--plots-dir",
                                              help="Write each plot as <name>.png here (with or without --html)."),
+    allow_contended: bool = typer.Option(False, help="Let rows measured on a busy machine into the recommendations."),
 ) -> None:
     """Print the study-style tables and the recommendations (or export rows) from the results store."""
     if fmt not in ("table", "markdown", "csv", "json"):
         raise ConfigError(f"--format: '{fmt}' is not one of table, markdown, csv, json")
-    _print_report(store, run_id, fmt, output, thresholds, html, plots_dir)
+    _print_report(store, run_id, fmt, output, thresholds, html, plots_dir, allow_contended)
 
 
 def _write_html(rows: list[dict], runs: list[dict], html: Path | None, plots_dir: Path | None,
-                limits: object) -> None:
+                limits: object, allow_contended: bool = False) -> None:
     from asrperf.report.html import render_html
     from asrperf.report.plots import make_plots, write_pngs
 
@@ -258,7 +281,8 @@ def _write_html(rows: list[dict], runs: list[dict], html: Path | None, plots_dir
         console.print(f"wrote {len(written)} plot(s) to {plots_dir}", markup=False, highlight=False)
     if html:
         html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(render_html(rows, runs, plots, thresholds=limits), encoding="utf-8")
+        html.write_text(render_html(rows, runs, plots, thresholds=limits, allow_contended=allow_contended),
+                        encoding="utf-8")
         console.print(f"wrote {html} ({len(rows)} cell(s), {sum(p.png is not None for p in plots)} plot(s))",
                       markup=False, highlight=False)
 
@@ -273,6 +297,7 @@ def compare(
                                             help="Exit 4 when a regression beyond the threshold is found."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | markdown | csv | json."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="File for markdown/csv/json."),
+    allow_contended: bool = typer.Option(False, help="Compare cells measured on a busy machine too."),
 ) -> None:
     """Compare run B against run A cell by cell: changes with 95% CIs and a verdict per metric."""
     from asrperf.report.compare import compare as compare_runs
@@ -282,7 +307,7 @@ def compare(
     if fmt != "table" and fmt not in writers:
         raise ConfigError(f"--format: '{fmt}' is not one of table, markdown, csv, json")
     with console.status("comparing (bootstrap CIs, WER re-scored)"):
-        result = compare_runs(a, b, store, threshold)
+        result = compare_runs(a, b, store, threshold, allow_contended=allow_contended)
     if fmt == "table":
         out.print(render_rich(result))
     else:
@@ -380,7 +405,7 @@ def optimize(
     path = write_winner(result, base, output)
     w = result.winner
     console.print(f"fastest within +{wer_budget:g} WER points: {escape(w.row['model'])} "
-                  f"({escape(w.model.engine)}, {escape(w.model.dtype)}); wrote {escape(str(path))} "
+                  f"({escape(w.model.engine)}, {escape(w.model.variant)}); wrote {escape(str(path))} "
                   f"(run it with `asrperf run {escape(str(path))}`)")
 
 
@@ -397,6 +422,36 @@ def doctor() -> None:
     for name, ok, detail in checks():
         t.add_row(name, "[green]ok[/green]" if ok else "[red]missing[/red]", escape(detail))
     out.print(t)
+    from asrperf.doctor import readiness
+
+    r = Table(title="machine readiness for benchmarking (like pyperf system show)")
+    for col in ("check", "state", "detail"):
+        r.add_column(col)
+    style = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "unknown": "[dim]unknown[/dim]"}
+    for name, state, detail in readiness():
+        r.add_row(escape(name), style[state], escape(detail))
+    out.print(r)
+
+
+def _optional_value(argv: list[str], option: str, default: str) -> list[str]:
+    """`option` given with no value (last, or followed by another option) gets `default`:
+    `--wait-quiet` alone means `--wait-quiet=<default>`; typer options cannot make a value optional."""
+    out = []
+    for i, arg in enumerate(argv):
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if arg == option and (nxt is None or not _is_number(nxt)):
+            out.append(f"{option}={default}")
+        else:
+            out.append(arg)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 # `serve` and `load` keep their options beside their packages (serve/command.py, load/command.py)
@@ -412,6 +467,7 @@ def main() -> None:
     from asrperf.run.runner import quiet_library_logs
 
     quiet_library_logs()
+    sys.argv[1:] = _optional_value(sys.argv[1:], "--wait-quiet", f"{WAIT_QUIET_DEFAULT_S:g}")
     try:
         # without standalone mode, click returns a command's typer.Exit code instead of exiting with it
         code = app(standalone_mode=False)

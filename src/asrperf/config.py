@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from asrperf.errors import ConfigError, check_keys
 from asrperf.options import ATTN_CHOICES, LONGFORM_CHOICES, QUANT_CHOICES, VariantOptions
 
 WEIGHTS_CHOICES = ("auto", "real", "random")
-CLIP_MODES = ("exact", "loop")
+CLIP_MODES = ("exact", "continuous", "loop")  # data/clips.py BUILDERS
 DEFAULT_MAX_BATCH = 64  # max_throughput: the largest batch the search tries unless told
 MAX_DECODE_TOKENS = 440  # Whisper decodes at most 448 positions, prompt included
 STREAM_CLOCKS = ("simulated", "realtime")  # scenarios/stream_clock.py
@@ -57,6 +58,11 @@ class ModelConfig:
     def variant(self) -> str:
         """Short label of how the model runs: "fp32" for the baseline, else e.g. "fp32+quant=int8_dynamic"."""
         return self.options.label(self.dtype)
+
+
+def default_dtype(engine: str) -> str:
+    """The dtype engine `engine` runs when none is given (its declaration's; fp32 for most)."""
+    return declaration(engine).default_dtype
 
 
 def check_variant(m: ModelConfig, device: str | None = None) -> None:
@@ -185,6 +191,9 @@ class RunConfig:
     cell_timeout_s: float = 1800.0
     store: str = "asrperf-results/results.sqlite"
     cache_dir: str = ".asrperf-cache"
+    # exact clips: each must hold at least this share of speech (the rest is silence padding);
+    # a clip below it is an error naming the source. 0 allows any clip
+    min_speech_share: float = 0.9
 
     def validate(self) -> "RunConfig":
         if not self.models:
@@ -216,6 +225,13 @@ class RunConfig:
             raise ConfigError(f"decode_tokens: {self.decode_tokens} must be in [0, {MAX_DECODE_TOKENS}] (0: no per-token curve)")
         if self.n_clips < 1:
             raise ConfigError(f"n_clips: {self.n_clips} must be >= 1")
+        for key, ok, what in (("cell_timeout_s (--timeout)", self.cell_timeout_s > 0, "> 0 seconds"),
+                              ("energy_idle_s", self.energy_idle_s >= 0, ">= 0 seconds"),
+                              ("max_batch", self.max_batch >= 1, ">= 1"),
+                              ("memory_budget_gib", self.memory_budget_gib >= 0, ">= 0 GiB (0: no budget)"),
+                              ("min_speech_share", 0 <= self.min_speech_share <= 1, "a share in [0, 1], e.g. 0.9")):
+            if not ok:
+                raise ConfigError(f"{key}: {getattr(self, key.split(' ')[0])!r} must be {what}")
         t = self.timing
         if t.warmup_calls < 0 or t.min_calls < 1 or t.max_calls < t.min_calls:
             raise ConfigError("timing: need warmup_calls >= 0, min_calls >= 1 and max_calls >= min_calls")
@@ -243,7 +259,7 @@ class RunConfig:
     @property
     def scores_accuracy(self) -> bool:
         """Loop-mode clips repeat audio to fill the length: they have no exact reference to score."""
-        return self.accuracy and self.clip_mode == "exact"
+        return self.accuracy and self.clip_mode in ("exact", "continuous")
 
     def identity(self) -> str:
         """Short hash of everything that changes results, asrperf's version included (an upgrade
@@ -252,6 +268,7 @@ class RunConfig:
 
         d = dataclasses.asdict(self)
         d.pop("store"), d.pop("cache_dir"), d.pop("isolate"), d.pop("cell_timeout_s")
+        d.pop("min_speech_share")  # a check on the clips, not a change to them
         if "decode" not in self.scenarios:  # only the decode scenario reads it: other runs keep their ids
             d.pop("decode_tokens")
         if "streaming" not in self.scenarios:  # only the streaming scenario reads these
@@ -276,47 +293,59 @@ def _fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
-def _tuple(value: Any, key: str, kind: type) -> tuple:
-    values = value if isinstance(value, (list, tuple)) else [value]
-    try:
-        return tuple(kind(v) for v in values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key}: {value!r} is not a list of {kind.__name__}") from exc
+_KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+               dict: "a table"}
 
 
-_TUPLE_FIELDS = {
-    "clip_lengths_s": float,
-    "batch_sizes": int,
-    "devices": str,
-    "threads": int,
-    "scenarios": str,
-    "chunk_ms": int,
-}
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """`value` checked against a field's type (bool is not a number, 1.5 is not an int); a scalar
+    given for a tuple field becomes a one-element tuple."""
+    if typing.get_origin(hint) is tuple:
+        kind = typing.get_args(hint)[0]
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_typed(v, kind, where) for v in values)
+    kind = typing.get_origin(hint) or hint
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in _KIND_NAMES and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: {value!r} is not {_KIND_NAMES[kind]}")
+    return value
+
+
+def _check_types(table: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
+    """The table's values checked against the dataclass `cls`'s field types, naming the key."""
+    hints = typing.get_type_hints(cls)
+    return {k: _typed(v, hints[k], f"{where} {k}") if k in hints else v for k, v in table.items()}
 
 
 def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
     """Build a validated RunConfig from a TOML-shaped dict: [run], [source], [timing], [[models]]."""
     check_keys(data, {"run", "source", "timing", "models", "streaming"}, where)
+    for section in ("run", "source", "timing", "streaming"):
+        if not isinstance(data.get(section, {}), dict):
+            raise ConfigError(f"{where}: '{section}' must be a table ([{section}])")
+    if not isinstance(data.get("models", []), list):
+        raise ConfigError(f"{where}: 'models' must be a list of tables ([[models]])")
     run = dict(data.get("run", {}))
     check_keys(run, _fields(RunConfig) - {"models", "source", "timing", "streaming"}, f"{where} [run]")
-    for key, kind in _TUPLE_FIELDS.items():
-        if key in run:
-            run[key] = _tuple(run[key], key, kind)
+    run = _check_types(run, RunConfig, f"{where} [run]")
     timing = data.get("timing", {})
     check_keys(timing, _fields(TimingConfig), f"{where} [timing]")
+    timing = _check_types(timing, TimingConfig, f"{where} [timing]")
     models = []
     for i, m in enumerate(data.get("models", [])):
         if isinstance(m, str):
             m = {"name": m}
+        if not isinstance(m, dict):
+            raise ConfigError(f"{where} [[models]] #{i + 1}: {m!r} is not a table or a model name")
         check_keys(m, _fields(ModelConfig), f"{where} [[models]] #{i + 1}")
         if "name" not in m:
             raise ConfigError(f"{where} [[models]] #{i + 1}: 'name' is required")
-        models.append(ModelConfig(**m))
+        models.append(ModelConfig(**_check_types(m, ModelConfig, f"{where} [[models]] #{i + 1}")))
     source = dict(data.get("source", {"kind": "builtin"}))
     streaming = data.get("streaming", {})
-    if not isinstance(streaming, dict):
-        raise ConfigError(f"{where}: 'streaming' must be a table ([streaming])")
     check_keys(streaming, _fields(StreamingConfig), f"{where} [streaming]")
+    streaming = _check_types(streaming, StreamingConfig, f"{where} [streaming]")
     try:
         cfg = RunConfig(models=tuple(models), source=source, timing=TimingConfig(**timing),
                         streaming=StreamingConfig(**streaming), **run)

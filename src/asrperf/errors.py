@@ -45,3 +45,7 @@ def check_keys(table: dict, allowed: set[str], where: str) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
         raise ConfigError(f"unknown key '{unknown[0]}' in {where}; valid keys: {', '.join(sorted(allowed))}")
+
+
+class StoreError(AsrperfError):
+    """The results store cannot be created, opened or read."""

@@ -40,6 +40,27 @@ from asrperf.data.hf_datasets import TEXT_COLUMN_CANDIDATES, HFDatasetSource  # 
 # --------------------------------------------------------------------------------------------
 
 _MANIFEST_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+# Text files (manifests, transcripts) are UTF-8 unless the source declares `encoding`: a wrong
+# guess would change the reference words silently, so undecodable bytes are an error, never replaced.
+DEFAULT_ENCODING = "utf-8"
+
+
+def decode_text(content: bytes, encoding: str, what: str) -> str:
+    """`content` decoded as `encoding` (UTF-8: a leading byte-order mark dropped), or a DataError
+    naming the file, the line and the fix."""
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ConfigError(f"source key 'encoding': {encoding!r} is not a text encoding Python knows "
+                          "(e.g. 'utf-8', 'latin-1', 'cp1252')") from None
+    try:
+        return content.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
+    except UnicodeDecodeError as exc:
+        line = content[: exc.start].count(b"\n") + 1
+        raise DataError(f"{what} is not {encoding} text (byte 0x{content[exc.start]:02x} on line {line}); save it "
+                        f"as UTF-8, or declare its encoding in the [source] table, e.g. encoding = 'latin-1'") from None
 
 
 class ManifestSource:
@@ -50,10 +71,12 @@ class ManifestSource:
     otherwise the audio path as written in the manifest is the id.
     """
 
-    def __init__(self, path: str | Path, audio_column: str = "audio", text_column: str = "text") -> None:
+    def __init__(self, path: str | Path, audio_column: str = "audio", text_column: str = "text",
+                 encoding: str = DEFAULT_ENCODING) -> None:
         self.path = Path(path).expanduser().resolve()
         self.audio_column = audio_column
         self.text_column = text_column
+        self.encoding = encoding
         self.format = _MANIFEST_FORMATS.get(self.path.suffix.lower())
         if self.format is None:
             raise DataError(
@@ -68,7 +91,7 @@ class ManifestSource:
     def _rows(self, content: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
         """(line number, row) pairs; raises DataError on a missing column or malformed line."""
         # utf-8-sig: spreadsheet exports often start with a byte-order mark
-        text = content.decode("utf-8-sig")
+        text = decode_text(content, self.encoding, f"manifest {self.path}")
         if self.format == "jsonl":
             yield from self._json_rows(text)
         else:
@@ -126,7 +149,8 @@ class ManifestSource:
         """`manifest:<abs path>:<hash of manifest bytes, columns and audio file signatures>`."""
         content = self._read_bytes()
         audio = [file_signature(self._audio_path(n, row)) for n, row in self._rows(content)]
-        digest = short_hash([content, self.audio_column, self.text_column, *audio])
+        encoding = [] if self.encoding == DEFAULT_ENCODING else [self.encoding]  # keeps UTF-8 keys as they were
+        digest = short_hash([content, self.audio_column, self.text_column, *encoding, *audio])
         return f"manifest:{self.path}:{digest}"
 
     def utterances(self, sample_rate: int) -> Iterator[Utterance]:
@@ -153,6 +177,7 @@ class ManifestSource:
             "format": self.format,
             "audio_column": self.audio_column,
             "text_column": self.text_column,
+            "encoding": self.encoding,
             "sha256": hashlib.sha256(self._read_bytes()).hexdigest(),
         }
 
@@ -172,8 +197,9 @@ class FolderSource:
     Files are read in name order; other files (README, metadata) are ignored.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, encoding: str = DEFAULT_ENCODING) -> None:
         self.path = Path(path).expanduser().resolve()
+        self.encoding = encoding
 
     def _audio_files(self) -> list[Path]:
         if not self.path.is_dir():
@@ -206,6 +232,8 @@ class FolderSource:
         for audio in self._audio_files():
             txt = self._transcript_path(audio)
             parts += [file_signature(audio), txt.read_bytes() if txt.is_file() else b"<missing>"]
+        if self.encoding != DEFAULT_ENCODING:
+            parts.append(self.encoding)
         return f"folder:{self.path}:{short_hash(parts)}"
 
     def utterances(self, sample_rate: int) -> Iterator[Utterance]:
@@ -215,7 +243,8 @@ class FolderSource:
             txt = self._transcript_path(audio_path)
             if not txt.is_file():
                 raise DataError(f"{audio_path}: transcript {txt.name} not found; add it or remove the audio file")
-            text = reference_text(txt.read_text(encoding="utf-8-sig"), str(txt), "write the transcript into it")
+            text = reference_text(decode_text(txt.read_bytes(), self.encoding, f"transcript {txt}"), str(txt),
+                                  "write the transcript into it")
             if text is None:
                 continue  # only no-speech markup: nothing to score (see clean_reference)
             audio = load_audio(audio_path, sample_rate)
@@ -223,7 +252,7 @@ class FolderSource:
 
     def describe(self) -> dict:
         """Folder path and content hash."""
-        return {"kind": "folder", "path": str(self.path), "key": self.key}
+        return {"kind": "folder", "path": str(self.path), "encoding": self.encoding, "key": self.key}
 
 
 # Built-in synthetic corpus
@@ -279,8 +308,9 @@ class BuiltinSource:
 
 # kind -> {key: (expected type, required)}; "kind" itself is implied.
 _SPEC_KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
-    "manifest": {"path": (str, True), "audio_column": (str, False), "text_column": (str, False)},
-    "folder": {"path": (str, True)},
+    "manifest": {"path": (str, True), "audio_column": (str, False), "text_column": (str, False),
+                 "encoding": (str, False)},
+    "folder": {"path": (str, True), "encoding": (str, False)},
     "hf": {
         "path": (str, True),
         "config": (str, False),
@@ -331,7 +361,7 @@ def source_from_spec(spec: dict, cache_dir: Path) -> Source:
     if kind == "manifest":
         return ManifestSource(**options)
     if kind == "folder":
-        return FolderSource(options["path"])
+        return FolderSource(**options)
     if kind == "hf":
         return HFDatasetSource(path_or_name=options.pop("path"), **options)
     if options.get("n_sentences", 1) <= 0:

@@ -77,6 +77,7 @@ class EngineDecl:
     streaming_note: str = ""  # why a family it runs has no streaming policy here (shown in the error)
     # the module that registers it, when outside asrperf: a cell's process imports it (run/worker.py)
     plugin_module: str = ""
+    default_dtype: str = "fp32"  # what `asrperf run -e ENGINE` runs when no --dtype is given
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.requires)
@@ -115,6 +116,14 @@ def _ct2_candidates(ctx: CandidateContext) -> list[dict[str, Any]]:
 
 def _ort_candidates(ctx: CandidateContext) -> list[dict[str, Any]]:
     return [{"dtype": d} for d in ("fp32", "int8")] if ENGINES["ort"].installed() else []
+
+
+def _whispercpp_candidates(ctx: CandidateContext) -> list[dict[str, Any]]:
+    # whisper.cpp's weight types: f16 (what its own converter writes) and the int8 / 5-bit blocks;
+    # its CPU build is the one asrperf runs (f32 is refused: whisper.cpp 1.8's CPU convolution needs f16)
+    if ctx.cuda or ctx.family not in ("", "whisper") or not ENGINES["whispercpp"].installed():
+        return []
+    return [{"dtype": d} for d in ("fp16", "q8_0", "q5_1", "q5_0")]
 
 
 ENGINES: dict[str, EngineDecl] = {}
@@ -184,4 +193,15 @@ register(EngineDecl(
     name="nemo", target="asrperf.engines.nemo:NemoEngine", extra="nemo", requires=("nemo", "torch"),
     families=("nemo",), dtypes=("fp32",), describe=".nemo checkpoints (CTC, RNN-T, TDT, hybrids)",
     streaming_note="NeMo's cache-aware streaming is not wired in (nemo is not installed where asrperf is tested)",
+))
+register(EngineDecl(
+    name="whispercpp", target="asrperf.engines.whispercpp:WhisperCppEngine", extra="whispercpp",
+    requires=("_pywhispercpp", "gguf"), families=("whisper",), dtypes=("fp16", "q8_0", "q5_0", "q5_1"),
+    options=frozenset({"longform"}), candidates=_whispercpp_candidates, default_dtype="fp16",
+    describe="Whisper through whisper.cpp (pywhispercpp; ggml f16/q8_0/q5_*)",
+))
+register(EngineDecl(
+    name="openai-whisper", target="asrperf.engines.openai_whisper:OpenAIWhisperEngine", extra="openai-whisper",
+    requires=("whisper", "torch"), families=("whisper",), dtypes=("fp32", "fp16"),
+    describe="OpenAI's own Whisper implementation: the semantic reference, slow on purpose",
 ))

@@ -21,3 +21,4 @@ def create(name: str, cache_dir: str | Path) -> Engine:
     """Instantiate engine `name`; its heavy dependencies load in `Engine.load`, not here."""
     module, cls = declaration(name).target.split(":")
     return getattr(importlib.import_module(module), cls)(cache_dir=cache_dir)
+

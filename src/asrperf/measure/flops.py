@@ -331,3 +331,28 @@ def analytic_whisper_decoder_token_flops(
     d = d_model
     per_layer = 4 * 2 * d * d + 4 * (cache_len + 1) * d + 2 * 2 * d * d + 4 * n_frames * d + 2 * 2 * d * ffn
     return layers * per_layer + 2 * d * vocab
+
+
+def analytic_whisper_decoder_token_bytes(
+    d_model: int,
+    layers: int,
+    weight_bytes: float,
+    cache_bytes: float,
+    n_frames: int = WHISPER_N_FRAMES,
+    vocab: int = WHISPER_VOCAB,
+    ffn_dim: int | None = None,
+) -> float:
+    """Bytes one decoding step cannot avoid reading: a lower bound, analytic (cf. measure.roofline).
+
+    weights, `weight_bytes` each (4 fp32, 1 int8, 34/32 ggml q8_0, ...):
+      per layer: self-attn Q, K, V, out   4 * d^2
+                 cross-attn Q, out        2 * d^2   (its K, V projections ran once per window)
+                 FFN                      2 * d * ffn
+      LM head, tied to the token embedding: d * vocab
+    cross-attention keys and values of the window, `cache_bytes` each: 2 * layers * n_frames * d
+    The self-attention cache and activations are left out (they grow from zero and stay small).
+    """
+    ffn = 4 * d_model if ffn_dim is None else ffn_dim
+    d = d_model
+    weights = layers * (6 * d * d + 2 * d * ffn) + d * vocab
+    return weights * weight_bytes + 2 * layers * n_frames * d * cache_bytes

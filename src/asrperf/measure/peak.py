@@ -43,19 +43,25 @@ def _best_time(fn: Any, sync: Any) -> float:
 
 
 def measure_peak(device: str, dtype: str) -> DevicePeak:
-    """Time a large matmul and a large copy in `dtype` ("fp32"/"fp16"/"bf16") on `device`."""
+    """Time a large matmul and a large copy in `dtype` ("fp32"/"fp16"/"bf16", or "int8": int8 x int8
+    -> int32 through torch._int_mm, what int8 engines run their GEMMs as) on `device`."""
     import torch
 
-    tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     dev = torch.device(device)
 
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    a = torch.randn(MATMUL_N, MATMUL_N, device=dev).to(tdtype)
-    b = torch.randn(MATMUL_N, MATMUL_N, device=dev).to(tdtype)
-    mm_s = _best_time(lambda: torch.mm(a, b), sync)
+    if dtype == "int8":
+        a = torch.randint(-127, 128, (MATMUL_N, MATMUL_N), dtype=torch.int8, device=dev)
+        b = torch.randint(-127, 128, (MATMUL_N, MATMUL_N), dtype=torch.int8, device=dev)
+        mm_s = _best_time(lambda: torch._int_mm(a, b), sync)
+    else:
+        tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        a = torch.randn(MATMUL_N, MATMUL_N, device=dev).to(tdtype)
+        b = torch.randn(MATMUL_N, MATMUL_N, device=dev).to(tdtype)
+        mm_s = _best_time(lambda: torch.mm(a, b), sync)
     src = torch.empty(COPY_BYTES // 4, dtype=torch.float32, device=dev).fill_(1.0)
     dst = torch.empty_like(src)
     copy_s = _best_time(lambda: dst.copy_(src), sync)

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asrperf.errors import ConfigError
+from asrperf.errors import ConfigError, StoreError
 from asrperf.measure.paired import WerDelta, ratio_of_means_ci, ratio_of_medians_ci, transcripts_delta
 from asrperf.measure.stats import BOOTSTRAP_RESAMPLES
-from asrperf.report.tables import MISSING
+from asrperf.report.tables import MISSING, contention_note, md_escape
 
 # what identifies a cell without its run; "model_name" is the model as configured (the display
 # label may change between runs), "weights_requested" is known even for a cell that failed to load
@@ -84,6 +84,7 @@ class Comparison:
     failed: list[str]
     env_diff: list[tuple[str, str, str]]  # (what, A, B)
     notes: list[str] = field(default_factory=list)
+    contended: list[str] = field(default_factory=list)  # cells left out: measured on a busy machine
 
     def flagged(self, verdict: str) -> list[tuple[str, str]]:
         return [(c.label, m.metric) for c in self.cells for m in c.metrics if m.verdict == verdict]
@@ -95,14 +96,15 @@ class Comparison:
     def summary(self) -> str:
         return (f"B vs A: {len(self.regressions)} regression(s), {len(self.flagged(IMPROVEMENT))} improvement(s) "
                 f"beyond {100 * self.threshold:g}% in {len(self.cells)} matched cell(s); {len(self.only_a)} only in A, "
-                f"{len(self.only_b)} only in B, {len(self.failed)} failed")
+                f"{len(self.only_b)} only in B, {len(self.failed)} failed"
+                + (f", {len(self.contended)} contended (not compared)" if self.contended else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {"a": {"store": str(self.a.store), "run_id": self.a.run_id},
                 "b": {"store": str(self.b.store), "run_id": self.b.run_id},
                 "threshold": self.threshold, "summary": self.summary(),
                 "cells": [asdict(c) for c in self.cells], "only_in_a": self.only_a, "only_in_b": self.only_b,
-                "failed": self.failed, "environment_differences": [list(d) for d in self.env_diff],
+                "failed": self.failed, "contended": self.contended, "environment_differences": [list(d) for d in self.env_diff],
                 "notes": self.notes, "methods": METHODS}
 
 
@@ -142,8 +144,10 @@ def _run_ids(path: Path, side: str, spec: str) -> list[str]:
     from asrperf.results.store import Store
 
     try:
-        with Store(path) as store:
+        with Store.open_readonly(path) as store:  # never changes the store; works on read-only media
             return [r["run_id"] for r in store.runs()]
+    except StoreError as exc:
+        raise ConfigError(f"{side} '{spec}': {exc}") from None
     except sqlite3.Error as exc:
         raise ConfigError(f"{side} '{spec}': {path} is not an asrperf results store ({exc})") from None
 
@@ -158,7 +162,7 @@ def _known_run(path: Path, run_id: str, side: str, spec: str) -> str:
 def _load(ref: RunRef) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, list[float]]]:
     from asrperf.results.store import Store
 
-    with Store(ref.store) as store:
+    with Store.open_readonly(ref.store) as store:
         env = next(r["env"] for r in store.runs() if r["run_id"] == ref.run_id)
         rows = store.rows(ref.run_id)
         samples = {r["cell_key"]: store.samples(ref.run_id, r["cell_key"]) for r in rows}
@@ -326,8 +330,12 @@ def _by_identity(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     return out
 
 
-def compare(a_spec: str, b_spec: str, store: Path, threshold: float = 0.05) -> Comparison:
-    """Compare run B against run A (the baseline); see the module docstring for the rules."""
+def compare(a_spec: str, b_spec: str, store: Path, threshold: float = 0.05,
+            allow_contended: bool = False) -> Comparison:
+    """Compare run B against run A (the baseline); see the module docstring for the rules.
+
+    A pair in which either cell was measured on a busy machine (`contended`, measure/contention.py)
+    is listed, not compared, unless `allow_contended`."""
     if not 0 <= threshold < 1:
         raise ConfigError(f"--threshold: {threshold} is not a fraction in [0, 1) (0.05 = 5%)")
     ref_a, ref_b = resolve(a_spec, "A", store), resolve(b_spec, "B", store)
@@ -337,10 +345,16 @@ def compare(a_spec: str, b_spec: str, store: Path, threshold: float = 0.05) -> C
     cells, failed = [], []
     for side, by in (("A", by_a), ("B", by_b)):
         failed += [f"{side}: {label(r)}: {r.get('error')}" for r in by.values() if r["status"] != "ok"]
+    contended = []
     for ident, ra in by_a.items():
         rb = by_b.get(ident)
         if rb is not None and ra["status"] == "ok" and rb["status"] == "ok":
+            busy = [(side, r) for side, r in (("A", ra), ("B", rb)) if r.get("contended") is True]
+            if busy and not allow_contended:
+                contended += [f"{side}: {label(r)}: {contention_note(r)}" for side, r in busy]
+                continue
             cells.append(compare_cells(ra, rb, samples_a[ra["cell_key"]], samples_b[rb["cell_key"]], threshold))
+            cells[-1].notes += [f"{side} was contended: {contention_note(r)}" for side, r in busy]
     lone_a, lone_b = [i for i in by_a if i not in by_b], [i for i in by_b if i not in by_a]
     only_a = [label(by_a[i]) + _near_miss(i, lone_b) for i in lone_a]
     only_b = [label(by_b[i]) + _near_miss(i, lone_a) for i in lone_b]
@@ -349,7 +363,10 @@ def compare(a_spec: str, b_spec: str, store: Path, threshold: float = 0.05) -> C
     if few:
         notes.append(f"{len(few)} cell(s) have fewer than {FEW_CALLS} timed calls in A or B (fewest: "
                      f"{min(min(c.n_calls) for c in few)}): their CIs are approximate; raise timing.min_calls")
-    return Comparison(ref_a, ref_b, threshold, cells, only_a, only_b, failed, env_differences(env_a, env_b), notes)
+    if contended:
+        notes.append(f"{len(contended)} contended cell(s) not compared (--allow-contended compares them)")
+    return Comparison(ref_a, ref_b, threshold, cells, only_a, only_b, failed, env_differences(env_a, env_b), notes,
+                      contended)
 
 
 # ---- rendering ----
@@ -392,6 +409,7 @@ def _text_lines(cmp: Comparison) -> list[str]:
     lines += [f"note: {c.label}: {n}" for c in cmp.cells for n in c.notes] + cmp.notes
     lines += [f"only in A: {x}" for x in cmp.only_a] + [f"only in B: {x}" for x in cmp.only_b]
     lines += [f"failed (not compared): {x}" for x in cmp.failed]
+    lines += [f"contended (not compared): {x}" for x in cmp.contended]
     if cmp.env_diff:
         lines.append("environment differs (speed may differ for this reason alone):")
         lines += [f"  {k}: A {a} | B {b}" for k, a, b in cmp.env_diff]
@@ -417,8 +435,8 @@ def render_rich(cmp: Comparison):
 def to_markdown(cmp: Comparison) -> str:
     lines = [f"**B ({cmp.b.run_id}) vs A ({cmp.a.run_id}), threshold {100 * cmp.threshold:g}%**", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(x.replace("|", "\\|") for x in r) + " |" for r in rows(cmp)]
-    return "\n".join(lines + [""] + [f"- {line}" for line in _text_lines(cmp)]) + "\n"
+    lines += ["| " + " | ".join(md_escape(x) for x in r) + " |" for r in rows(cmp)]
+    return "\n".join(lines + [""] + [f"- {md_escape(line, cell=False)}" for line in _text_lines(cmp)]) + "\n"
 
 
 def to_csv(cmp: Comparison) -> str:

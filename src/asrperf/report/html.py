@@ -14,7 +14,7 @@ from html import escape
 from typing import Any
 
 from asrperf.report.plots import Plot, make_plots, series_label
-from asrperf.report.tables import Table, environment_lines, study_tables
+from asrperf.report.tables import Table, contention_note, environment_lines, study_tables
 
 # the rows of a study table that say what ran (styled apart from the measurements)
 _PROVENANCE = {"engine", "dtype", "weights", "variant", "threads", "decoder tokens"}
@@ -31,6 +31,7 @@ th, td { border: 1px solid #d0d7de; padding: .25em .6em; vertical-align: top; te
 thead th { background: #f6f8fa; position: sticky; top: 0; }
 tbody th { font-weight: 600; white-space: nowrap; background: #fafbfc; }
 tr.prov td, tr.prov th { background: #eef4fb; }
+tr.contended td { background: #fff4e5; }
 td.num { white-space: nowrap; font-variant-numeric: tabular-nums; }
 ul.notes { color: #57606a; font-size: 12.5px; margin-top: .3em; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
@@ -65,13 +66,31 @@ def _plot_html(p: Plot) -> str:
             f'alt="{_e(p.title)}"><figcaption>{_e(p.title)} (file: {_e(p.name)}.png)</figcaption></figure>\n')
 
 
-def _recommendations_html(rows: list[dict[str, Any]], thresholds: Any = None) -> str:
+def _recommendations_html(rows: list[dict[str, Any]], thresholds: Any = None, allow_contended: bool = False) -> str:
     try:  # written alongside this module; the page simply has no such section without it
-        from asrperf.report.recommend import recommend, recommendations_table
+        from asrperf.report.recommend import Thresholds, recommend, recommendations_table
     except ImportError:
         return ""
-    recs = recommend(rows) if thresholds is None else recommend(rows, thresholds)
+    recs = recommend(rows, thresholds if thresholds is not None else Thresholds(), allow_contended=allow_contended)
     return "<h2>Recommendations</h2>\n" + table_html(recommendations_table(recs))
+
+
+def _contended_html(rows: list[dict[str, Any]]) -> str:
+    """The rows the busy-machine guard flagged, with the figures that decided it."""
+    busy = [r for r in rows if r.get("status") == "ok" and r.get("contended") is True]
+    if not busy:
+        measured = any(r.get("contended") is not None for r in rows)
+        return ('<p class="note">No cell was contended.</p>\n' if measured
+                else '<p class="missing">The busy-machine guard did not run for these rows.</p>\n')
+    body = "".join(
+        f'<tr class="contended"><td>{_e(series_label(r))}</td>'
+        f'<td class="num">{_e(format(r.get("clip_length_s", 0), "g"))} s</td>'
+        f'<td class="num">{_e(r.get("batch_size"))}</td><td>{_e(", ".join(r.get("contention_reasons") or []))}</td>'
+        f'<td>{_e(contention_note(r))}</td></tr>' for r in busy)
+    return ('<p class="note">Measured while other processes used the cores (or the GPU): shown with '
+            '[contended] in the tables, left out of the recommendations.</p>\n'
+            '<div class="scroll"><table><thead><tr><th>model</th><th>clip</th><th>batch</th><th>reasons</th>'
+            f"<th>figures</th></tr></thead><tbody>{body}</tbody></table></div>\n")
 
 
 def _profile_tables_html(rows: list[dict[str, Any]]) -> str:
@@ -140,7 +159,7 @@ def _environment_html(runs: list[dict[str, Any]]) -> str:
 
 
 def render_html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], plots: list[Plot] | None = None,
-                title: str = "asrperf report", thresholds: Any = None) -> str:
+                title: str = "asrperf report", thresholds: Any = None, allow_contended: bool = False) -> str:
     """The whole report page for `rows` and the `runs` they came from (Store.rows() / Store.runs()).
 
     `plots` defaults to make_plots(rows) (pass them in to reuse the PNGs); `thresholds` go to the
@@ -149,6 +168,7 @@ def render_html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], plots: l
     rows = list(rows)
     plots = make_plots(rows) if plots is None else plots
     n_failed = sum(r.get("status") != "ok" for r in rows)
+    n_contended = sum(r.get("status") == "ok" and r.get("contended") is True for r in rows)
     run_ids = ", ".join(r["run_id"] for r in runs) or "none"
     tables = "".join(table_html(t) for t in study_tables(rows)) or '<p class="missing">No rows in this run.</p>\n'
     parts = [
@@ -157,12 +177,13 @@ def render_html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], plots: l
         '<link rel="icon" href="data:,">',  # no favicon request, even when served over http
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
-        f'<p class="meta">runs: {_e(run_ids)}; {len(rows)} cell(s), {n_failed} failed; generated '
+        f'<p class="meta">runs: {_e(run_ids)}; {len(rows)} cell(s), {n_failed} failed, {n_contended} contended; generated '
         f'{_e(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))} from the results store.</p>',
         "<h2>Results</h2>\n", tables,
         _profile_tables_html(rows),
         _streaming_tables_html(rows),
-        _recommendations_html(rows, thresholds),
+        "<h2>Busy-machine guard</h2>\n", _contended_html(rows),
+        _recommendations_html(rows, thresholds, allow_contended),
         "<h2>Plots</h2>\n", "".join(_plot_html(p) for p in plots),
         "<h2>Failed cells</h2>\n", _failed_html(rows),
         "<h2>Transcripts</h2>\n", _transcripts_html(rows),

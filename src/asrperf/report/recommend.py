@@ -247,8 +247,12 @@ def _missing(scenario: str, device: str, criterion: str, reason: str) -> Recomme
 
 # ---- the scenarios ----
 
-def recommend(rows: Iterable[Row], thresholds: Thresholds = Thresholds()) -> list[Recommendation]:
+def recommend(rows: Iterable[Row], thresholds: Thresholds = Thresholds(),
+              allow_contended: bool = False) -> list[Recommendation]:
     """One recommendation per scenario and device, from committed rows (status 'ok' only).
+
+    Rows the busy-machine guard flagged (`contended`, measure/contention.py) are left out unless
+    `allow_contended`; each recommendation of the device then says how many were.
 
     Let L_max be the longest clip length measured on the device. A configuration is a column
     (model, engine, dtype) at one thread count; WER is the corpus WER of its row's clips.
@@ -287,8 +291,21 @@ def recommend(rows: Iterable[Row], thresholds: Thresholds = Thresholds()) -> lis
         by_device.setdefault(r["device"], []).append(r)
     out: list[Recommendation] = []
     for device, rs in by_device.items():
-        out += _device_recommendations(device, rs, thresholds)
+        busy = [r for r in rs if r.get("contended") is True]
+        if allow_contended or not busy:
+            out += _device_recommendations(device, rs, thresholds)
+            continue
+        caveat = (f"{len(busy)} contended row(s) left out (measured on a busy machine; "
+                  "--allow-contended includes them)")
+        quiet = [r for r in rs if r.get("contended") is not True]
+        recs = _device_recommendations(device, quiet, thresholds) if quiet else [
+            _missing(s, device, "every row on this device was contended", "no row measured on a quiet machine")
+            for s in SCENARIO_NAMES]
+        out += [dataclasses.replace(rec, caveats=rec.caveats + (caveat,)) for rec in recs]
     return out
+
+
+SCENARIO_NAMES = ("real-time", "balanced", "best quality", "throughput", "energy", "low memory (edge)")
 
 
 def _device_recommendations(device: str, rows: list[Row], th: Thresholds) -> list[Recommendation]:

@@ -48,6 +48,34 @@ def _unusable(r: dict[str, Any] | None) -> str | None:
     return None if r.get("status") == "ok" else "failed"
 
 
+CONTENDED_MARK = " [contended]"  # after every timing-derived figure of a row the busy-machine guard flagged
+_TIMED_KEYS = ("throughput_samples_per_s", "rtfx", "first_call_s")
+
+
+def _mark(r: dict[str, Any], text: str) -> str:
+    return text + CONTENDED_MARK if r.get("contended") is True else text
+
+
+def contention_note(r: dict[str, Any]) -> str:
+    """One line on why the guard flagged a row: the figures that decided it, against the thresholds."""
+    parts = []
+    share, got = r.get("contention_others_share"), r.get("contention_own_got_share")
+    if "others_cpu" in (r.get("contention_reasons") or []) and share is not None:
+        parts.append(f"other processes used {r.get('contention_others_cores', 0):.2f} core(s) of the "
+                     f"{r.get('contention_cpus')} it could run on ({100 * share:.0f}% of its "
+                     f"{r.get('contention_threads')} thread(s)' cores beyond the free ones; limit "
+                     f"{100 * r.get('contention_max_others_share', 0):.0f}%)")
+    if "cpu_wait" in (r.get("contention_reasons") or []) and got is not None:
+        parts.append(f"it got {100 * got:.0f}% of the CPU its threads were ready to use (limit "
+                     f"{100 * r.get('contention_min_got_share', 0):.0f}%)")
+    if "gpu_processes" in (r.get("contention_reasons") or []):
+        parts.append(f"{r.get('contention_gpu_other_processes')} other process(es) computed on its GPU")
+    windows = r.get("contention_windows") or 1
+    if windows > 1:
+        parts.append(f"{r.get('contention_windows_contended')} of {windows} timed windows contended")
+    return "; ".join(parts) or "flagged by the busy-machine guard"
+
+
 def _fmt_ms(s: float | None) -> str:
     return MISSING if s is None else f"{s * 1000:,.1f}"
 
@@ -55,7 +83,7 @@ def _fmt_ms(s: float | None) -> str:
 def _latency(r: dict[str, Any] | None) -> str:
     if (text := _unusable(r)) is not None:
         return text
-    return f"{_fmt_ms(r['latency_s_p50'])} (p90 {_fmt_ms(r['latency_s_p90'])})"
+    return _mark(r, f"{_fmt_ms(r['latency_s_p50'])} (p90 {_fmt_ms(r['latency_s_p90'])})")
 
 
 def _wer(r: dict[str, Any] | None) -> str:
@@ -72,7 +100,7 @@ def _energy(r: dict[str, Any] | None, key: str) -> str:
         return text
     if r.get(key) is None:
         return f"{MISSING} ({r['energy_missing_reason']})" if r.get("energy_missing_reason") else MISSING
-    return f"{r[key]:.3g} ({'measured' if r.get('energy_measured') else 'estimated'})"
+    return _mark(r, f"{r[key]:.3g} ({'measured' if r.get('energy_measured') else 'estimated'})")
 
 
 def _mfu(r: dict[str, Any] | None) -> str:
@@ -86,7 +114,10 @@ def _num(r: dict[str, Any] | None, key: str, fmt: str, scale: float = 1.0) -> st
     if (text := _unusable(r)) is not None:
         return text
     v = r.get(key)
-    return MISSING if v is None else format(v * scale, fmt)
+    if v is None:
+        return MISSING
+    text = format(v * scale, fmt)
+    return _mark(r, text) if key in _TIMED_KEYS else text
 
 
 def _or_reason(r: dict[str, Any] | None, key: str, reasons: tuple[str, ...], fmt: str, scale: float = 1.0) -> str:
@@ -142,8 +173,21 @@ def _max_throughput(r: dict[str, Any] | None) -> str:
         return f"{MISSING} (no batch succeeded: {r.get('max_throughput_stop_reason')})"
     latency = r.get("max_throughput_latency_s_p50")
     at = f", p50 {1000 * latency:,.0f} ms per batch" if latency is not None else ""
-    return (f"{r['max_throughput_samples_per_s']:.2f} at b{r['max_throughput_batch_size']}{at} "
-            f"(stop: {r['max_throughput_stop_reason']})")
+    return _mark(r, f"{r['max_throughput_samples_per_s']:.2f} at b{r['max_throughput_batch_size']}{at} "
+                    f"(stop: {r['max_throughput_stop_reason']})")
+
+
+def _contended_cells(col: str, ok: list[dict[str, Any]]) -> str:
+    """'no', or the clip lengths and batches of the column's rows the guard flagged."""
+    mine = [r for r in ok if column_label(r) == col]
+    if all(r.get("contended") is None for r in mine):
+        return f"{MISSING} (not measured)"
+    busy = [r for r in mine if r.get("contended") is True]
+    if not busy:
+        return "no"
+    return "YES: " + ", ".join(
+        f"{r['clip_length_s']:g} s " + ("searched" if r.get("scenario") == "max_throughput" else f"b{r['batch_size']}")
+        for r in busy)
 
 
 def _device_table(device: str, all_rows: list[dict[str, Any]]) -> Table:
@@ -174,6 +218,8 @@ def _device_table(device: str, all_rows: list[dict[str, Any]]) -> Table:
     t.rows.append(("decoder tokens", [first(c, _token_policy) for c in columns]))
     b1 = batches[0]
     t.rows.append(("timed calls per cell", [first(c, "n_calls") for c in columns]))
+    if any(r.get("contended") is not None for r in ok):
+        t.rows.append(("contended (busy machine)", [_contended_cells(c, ok) for c in columns]))
     if lengths:
         longest_rows = {c: cell.get((c, lengths[-1], b1)) for c in columns}
         t.rows.append((f"long-form, {lengths[-1]:g} s", [str((r or {}).get("longform") or MISSING) for r in longest_rows.values()]))
@@ -233,6 +279,10 @@ def _device_table(device: str, all_rows: list[dict[str, Any]]) -> Table:
                        [_or_reason(cell.get((c, longest, b1)), key, reasons, ",.0f", 1 / 2**20) for c in columns]))
     t.rows.append(("weights MiB", [_weights(cell.get((c, longest, b1))) for c in columns]))
     t.rows.append(("load s", [_num(cell.get((c, longest, b1)), "load_s", ".2f") for c in columns]))
+    for r in all_rows:
+        if r.get("status") == "ok" and r.get("contended") is True:
+            t.notes.append(f"contended: {column_label(r)} {r['clip_length_s']:g} s batch {r['batch_size']}: "
+                           f"{contention_note(r)}; left out of recommendations and comparisons")
     for r in all_rows:
         if r.get("status") != "ok":
             t.notes.append(f"failed: {column_label(r)} {r['clip_length_s']:g} s batch {r['batch_size']}: {r.get('error')}")
@@ -296,12 +346,23 @@ def environment_lines(env: dict[str, Any], run_id: str) -> list[str]:
             f"  {gpus}; {versions}; asrperf {env.get('asrperf_version')} ({env.get('asrperf_git_commit') or 'no git'})"]
 
 
+def md_escape(text: str, cell: bool = True) -> str:
+    """Text for a markdown table cell (`cell`) or line: HTML escaped (a model name or transcript
+    holding `<script>` stays text where markdown is rendered); in a cell `|` is escaped too, so a
+    cell stays one cell."""
+    import html
+
+    out = html.escape(str(text), quote=False)
+    return out.replace("|", "\\|") if cell else out
+
+
 def to_markdown(tables: list[Table]) -> str:
-    """GitHub-flavoured markdown of the same tables, for READMEs and issue notes."""
+    """GitHub-flavoured markdown of the same tables, for READMEs and issue notes; every value escaped."""
+    e = md_escape
     lines = []
     for t in tables:
-        lines += [f"**{t.title}**", "", f"| {t.corner} | " + " | ".join(t.columns) + " |",
+        lines += [f"**{e(t.title, cell=False)}**", "", f"| {e(t.corner)} | " + " | ".join(e(c) for c in t.columns) + " |",
                   "|---|" + "---|" * len(t.columns)]
-        lines += ["| " + name + " | " + " | ".join(cells) + " |" for name, cells in t.rows]
-        lines += [""] + [f"- {n}" for n in dict.fromkeys(t.notes)] + [""]
+        lines += ["| " + e(name) + " | " + " | ".join(e(c) for c in cells) + " |" for name, cells in t.rows]
+        lines += [""] + [f"- {e(n, cell=False)}" for n in dict.fromkeys(t.notes)] + [""]
     return "\n".join(lines)

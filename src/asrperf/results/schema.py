@@ -236,6 +236,38 @@ class Flops(Section):
     peak_method: str | None = doc("how the peaks were measured")
 
 
+@dataclass(frozen=True)
+class Contention(Section):
+    """The busy-machine guard of the timed windows (measure/contention.py)."""
+
+    name: ClassVar[str] = "contention"
+
+    contended: bool | None = doc("others used more than the set share of the cell's cores, or the cell got less than its share of CPU, in a timed window")
+    contention_reasons: list | None = doc("which limits were crossed, with the figures")
+    contention_windows: int | None = doc("timed windows judged (max throughput: one per probe)")
+    contention_windows_contended: int | None = doc("windows judged contended")
+    contention_wall_s: float | None = doc("seconds of the judged windows")
+    contention_threads: int | None = doc("threads the cell asked for")
+    contention_cpus: int | None = doc("CPUs of the machine")
+    contention_own_cpu_s: float | None = doc("CPU seconds the cell's process got")
+    contention_own_cpu_share: float | None = doc("own CPU seconds / (wall x threads)")
+    contention_own_wait_s: float | None = doc("seconds the cell's threads waited for a CPU (schedstat)")
+    contention_own_got_share: float | None = doc("the share of the CPU the cell got while it wanted it")
+    contention_others_cpu_s: float | None = doc("CPU seconds other processes used in the window (/proc/stat minus own)")
+    contention_steal_s: float | None = doc("steal seconds (the hypervisor gave the CPUs to others)")
+    contention_others_cores: float | None = doc("other processes' CPU seconds / wall: cores they kept busy")
+    contention_others_share: float | None = doc("others' cores / the cores the cell asked for")
+    contention_runqueue_max: int | None = doc("most runnable tasks seen")
+    contention_cpu_freq_mhz: float | None = doc("mean CPU frequency where readable")
+    contention_gpu_other_processes: int | None = doc("other compute processes on the GPU (NVML)")
+    contention_gpu_sm_clock_mhz: int | None = doc("the GPU's SM clock during the window")
+    contention_gpu_sm_clock_max_mhz: int | None = doc("the GPU's maximum SM clock")
+    contention_gpu_clock_reasons: list | None = doc("NVML clock throttle reasons seen")
+    contention_max_others_share: float | None = doc("the limit on others_share")
+    contention_min_got_share: float | None = doc("the limit on own_got_share")
+    contention_method: str | None = doc("how the figures were read")
+
+
 SECTIONS: dict[str, type[Section]] = {}
 _FIELD_SECTION: dict[str, str] = {}
 
@@ -252,7 +284,7 @@ def register_section(cls: type[Section]) -> type[Section]:
     return cls
 
 
-for _cls in (Identity, Provenance, Latency, Accuracy, Energy, Memory, Flops):
+for _cls in (Identity, Provenance, Latency, Accuracy, Energy, Memory, Flops, Contention):
     register_section(_cls)
 
 
@@ -342,10 +374,6 @@ class Row(Mapping[str, Any]):
             return self[key] is not None  # type: ignore[index]
         except KeyError:
             return False
-
-    def replace(self, **fields: Any) -> "Row":
-        """A copy with `fields` set (validated)."""
-        return Row.from_flat({**self.flat(), **fields}, strict=not self.extra)
 
 
 def engine_fields(info: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,13 @@
 """Run a config: prepare clips, run each cell (in its own process by default), commit each row.
 
 Resume: the run id is the config's identity, so re-running the same config skips cells already
-committed as ok (and failed ones too unless `retry_failed`). A cell that crashes, runs out of
-memory or times out is committed as failed with its reason, and the run goes on.
+committed as ok (and failed ones too unless `retry_failed`; the summary counts them). A cell that
+crashes, runs out of memory or times out is committed as failed with its reason, and the run goes on.
+
+Runs sharing a store claim each cell before measuring it (results/claims.py): a cell another live
+run is measuring is put off and waited for after the others, a stale claim (its runner was killed)
+is taken over, and an ok row is never replaced. With `wait_quiet_s`, each cell waits (at most that
+long) until the machine is quiet enough not to contend it (measure/contention.py).
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from asrperf.data.audio import SAMPLE_RATE
 from asrperf.data.clips import ClipCache, prepare_clips
 from asrperf.engines.base import quiet_library_logs  # noqa: F401  (the CLI quiets library logs through run/)
 from asrperf.results import env as envmod
-from asrperf.results.store import Store
-from asrperf.run.plan import Cell, expand
+from asrperf.results.claims import Owner
 from asrperf.results.schema import SchemaError
+from asrperf.results.store import Store, check_writable
+from asrperf.run.plan import Cell, expand
 from asrperf.run.worker import CellPayload, CellResult, execute, identity_fields
 from asrperf.scenarios.base import ScenarioSettings
 
@@ -35,8 +41,11 @@ class RunSummary:
     run_id: str
     store: Path
     ran: int = 0
-    skipped: int = 0
+    skipped: int = 0  # already committed (by an earlier attempt or, meanwhile, another run)
     failed: int = 0
+    skipped_failed: int = 0  # of `skipped`: committed as failed, not retried (retry_failed=False)
+    taken_over: int = 0  # stale claims of killed runs taken over
+    not_quiet: int = 0  # cells measured after --wait-quiet gave up waiting
 
 
 def prepare(cfg: RunConfig, progress: Callable[[str, int, int], None] | None = None) -> dict[float, str]:
@@ -53,7 +62,7 @@ def prepare(cfg: RunConfig, progress: Callable[[str, int, int], None] | None = N
         if progress:
             progress(f"clips of {length:g} s", i, len(cfg.clip_lengths_s))
         prepare_clips(lambda: source.utterances(SAMPLE_RATE), source.key, source.describe(), length,
-                      cfg.n_clips, cache, cfg.clip_mode)
+                      cfg.n_clips, cache, cfg.clip_mode, min_speech_share=cfg.min_speech_share)
         keys[length] = cache.key(source.key, length, cfg.clip_mode, SAMPLE_RATE)
     return keys
 
@@ -138,12 +147,17 @@ def _failed(payload: CellPayload, error: str) -> CellResult:
 
 
 def check(cfg: RunConfig) -> None:
-    """Fail fast on model names (engines, dtypes and options are checked by the config), before any
-    clip or cell work."""
+    """Fail fast on model names and devices (engines, dtypes and options are checked by the config),
+    before any clip or cell work."""
     from asrperf.engines.catalog import resolve
+    from asrperf.run.preflight import check_devices
 
     for m in cfg.models:
         resolve(m.name)
+    check_devices(cfg.devices)
+
+
+CLAIM_POLL_S = 2.0  # how often a run re-checks cells another live run is measuring
 
 
 def run(
@@ -151,13 +165,24 @@ def run(
     retry_failed: bool = False,
     on_cell: Callable[[Cell, str, int, int], None] | None = None,
     on_prepare: Callable[[str, int, int], None] | None = None,
+    wait_quiet_s: float | None = None,
 ) -> RunSummary:
-    """Execute every cell of `cfg` not yet committed; returns counts. `on_cell(cell, state, i, n)`."""
+    """Execute every cell of `cfg` not yet committed; returns counts. `on_cell(cell, state, i, n)`.
+
+    `wait_quiet_s`: before each cell, wait up to this long for a quiet machine (None: do not wait).
+    """
     from asrperf.engines.capabilities import plugin_modules as engine_plugins
+    from asrperf.results.claims import BUSY, CLAIMED, DONE_OK, Heartbeat, claim, release
     from asrperf.scenarios import plugin_modules as scenario_plugins
 
     check(cfg)
     plugins = tuple(dict.fromkeys(scenario_plugins() + engine_plugins()))
+
+    def payload_of(cell: Cell) -> CellPayload:
+        return CellPayload(cell=cell, cache_dir=cfg.cache_dir, clip_key=keys[cell.clip_length_s], n_clips=cfg.n_clips,
+                           timing=cfg.timing, accuracy=cfg.scores_accuracy, isolated=cfg.isolate, settings=settings,
+                           plugins=plugins)
+
     settings = ScenarioSettings(
         energy=cfg.energy, energy_idle_s=cfg.energy_idle_s, flops=cfg.flops, max_batch=cfg.max_batch,
         memory_budget_bytes=int(cfg.memory_budget_gib * 2**30) or None,
@@ -170,36 +195,71 @@ def run(
         capacity_length_s=min(cfg.clip_lengths_s),
     )
     run_id = cfg.identity()
-    keys = prepare(cfg, on_prepare)
     cells = expand(cfg)
     summary = RunSummary(run_id, Path(cfg.store))
-    with Store(cfg.store) as store:
+    owner = Owner.here()
+    notify = on_cell or (lambda *a: None)
+    check_writable(cfg.store)  # a store that cannot be written fails before any clip is built
+    keys = prepare(cfg, on_prepare)  # ... and clips that cannot be built leave no store behind
+    with Store(cfg.store) as store, Heartbeat(cfg.store, owner):
         store.begin_run(run_id, cfg.to_dict(), envmod.capture())
-        done = store.cell_status(run_id)
-        for i, cell in enumerate(cells):
-            status = done.get(cell.key)
-            if status == "ok" or (status == "failed" and not retry_failed):
-                summary.skipped += 1
-                if on_cell:
-                    on_cell(cell, f"skipped (already {status})", i, len(cells))
-                continue
-            if on_cell:
-                on_cell(cell, "running", i, len(cells))
-            payload = CellPayload(
-                cell=cell, cache_dir=cfg.cache_dir, clip_key=keys[cell.clip_length_s], n_clips=cfg.n_clips,
-                timing=cfg.timing, accuracy=cfg.scores_accuracy, isolated=cfg.isolate, settings=settings,
-                plugins=plugins)
-            started = time.time()
-            result = run_isolated(payload, cfg.cell_timeout_s) if cfg.isolate else execute(payload)
-            row = result.row
-            try:
-                store.commit_cell(run_id, cell.key, row, started, result.warmup_s, result.samples_s)
-            except SchemaError as exc:  # a bug in asrperf, not in the cell: recorded, and the run goes on
-                row = {**identity_fields(cell, cfg.isolate), "status": "failed",
-                       "error": f"asrperf bug: the cell's row does not match the schema ({exc})"}
-                store.commit_cell(run_id, cell.key, row, started)
-            summary.ran += 1
-            summary.failed += row["status"] != "ok"
-            if on_cell:
-                on_cell(cell, row["status"] if row["status"] == "ok" else f"failed: {row.get('error')}", i, len(cells))
+        pending = list(enumerate(cells))
+        while pending:
+            deferred = []
+            for i, cell in pending:
+                got = claim(store, run_id, cell.key, owner, retry_failed)
+                if got.state == BUSY:
+                    deferred.append((i, cell))
+                    notify(cell, f"waiting: {got.holder.describe()} is measuring it", i, len(cells))
+                    continue
+                if got.state != CLAIMED:
+                    summary.skipped += 1
+                    summary.skipped_failed += got.state != DONE_OK
+                    notify(cell, f"skipped (already {got.state})", i, len(cells))
+                    continue
+                if got.taken_over:
+                    summary.taken_over += 1
+                    notify(cell, f"taking over a stale claim ({got.holder.describe()}: {got.taken_over})", i, len(cells))
+                try:
+                    _measure(cfg, payload_of(cell), i, len(cells), run_id, store, owner, summary, notify, wait_quiet_s)
+                except BaseException:
+                    release(store, run_id, cell.key, owner)
+                    raise
+            if deferred:
+                time.sleep(CLAIM_POLL_S)
+            pending = deferred
     return summary
+
+
+def _measure(cfg: RunConfig, payload: CellPayload, i: int, n: int, run_id: str, store: Store, owner: Owner,
+             summary: RunSummary, notify: Callable[[Cell, str, int, int], None], wait_quiet_s: float | None) -> None:
+    """Measure one claimed cell (after waiting for quiet, if asked) and commit its row."""
+    cell = payload.cell
+    if wait_quiet_s is not None:
+        from asrperf.measure.contention import wait_quiet
+
+        state = wait_quiet(cell.threads, cell.device, wait_quiet_s,
+                           on_wait=lambda w: notify(cell, f"waiting for a quiet machine ({w.describe()}; "
+                                                          f"{w.waited_s:.0f}/{wait_quiet_s:g} s)", i, n))
+        if not state.quiet:
+            summary.not_quiet += 1
+            notify(cell, f"not quiet after {state.waited_s:.0f} s ({state.describe()}): measuring anyway", i, n)
+    notify(cell, "running", i, n)
+    started = time.time()
+    result = run_isolated(payload, cfg.cell_timeout_s) if cfg.isolate else execute(payload)
+    row = result.row
+    try:
+        written = store.commit_cell(run_id, cell.key, row, started, result.warmup_s, result.samples_s,
+                                    claim_token=owner.token)
+    except SchemaError as exc:  # a bug in asrperf, not in the cell: recorded, and the run goes on
+        row = {**identity_fields(cell, cfg.isolate), "status": "failed",
+               "error": f"asrperf bug: the cell's row does not match the schema ({exc})"}
+        written = store.commit_cell(run_id, cell.key, row, started, claim_token=owner.token)
+    if not written:
+        # another run committed it ok meanwhile (it took over our claim while we were stalled)
+        summary.skipped += 1
+        notify(cell, "skipped (already ok: committed by another run meanwhile)", i, n)
+        return
+    summary.ran += 1
+    summary.failed += row["status"] != "ok"
+    notify(cell, row["status"] if row["status"] == "ok" else f"failed: {row.get('error')}", i, n)

@@ -93,7 +93,7 @@ def _device_facts(engine: Any, device: str) -> dict[str, Any]:
     return facts
 
 
-def _meters(wanted: tuple[str, ...], device: str, settings: ScenarioSettings, engine: Any) -> Meters:
+def _meters(wanted: tuple[str, ...], device: str, threads: int, settings: ScenarioSettings, engine: Any) -> Meters:
     """The measurers a scenario asked for, built for this cell's device and engine."""
     meters = Meters()
     if "energy" in wanted:
@@ -108,6 +108,10 @@ def _meters(wanted: tuple[str, ...], device: str, settings: ScenarioSettings, en
         from asrperf.measure.memory import memory_meter
 
         meters.memory = memory_meter(device, engine.runs_torch, engine.name)
+    if "contention" in wanted:
+        from asrperf.measure.contention import contention_guard
+
+        meters.contention = contention_guard(threads, device)
     return meters
 
 
@@ -169,7 +173,7 @@ def execute(payload: CellPayload) -> CellResult:
             engine=engine, clips=clips, device=cell.device, dtype=cell.model.dtype,
             clip_length_s=cell.clip_length_s, batch_size=cell.batch_size, timing=payload.timing, score=score,
             score_missing_reason=why_not, settings=payload.settings, trace_name=_file_name(cell.key),
-            meters=_meters(scenario.meters, cell.device, payload.settings, engine),
+            meters=_meters(scenario.meters, cell.device, cell.threads, payload.settings, engine),
             chunk_ms=cell.chunk_ms, model=cell.model, cache_dir=payload.cache_dir,
         )
         fields = scenario.run(ctx)

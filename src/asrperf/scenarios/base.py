@@ -43,6 +43,7 @@ class Meters:
     energy_missing_reason: str | None = None  # why there are no readers
     energy_idle_s: float = 0.0  # the idle window, at least each real counter's update period
     memory: AbstractContextManager | None = None  # measure.memory.MemoryMeter
+    contention: Any = None  # measure.contention.ContentionGuard: the busy-machine guard of the timed windows
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Scenario:
     """Base of every scenario plugin."""
 
     name: ClassVar[str] = ""
-    meters: ClassVar[tuple[str, ...]] = ()  # measurers the worker builds for it: "energy", "memory"
+    meters: ClassVar[tuple[str, ...]] = ()  # measurers the worker builds for it: "energy", "memory", "contention"
     scores_accuracy: ClassVar[bool] = False  # its row carries WER (latency: transcripts of every clip)
 
     def batch_sizes(self, configured: tuple[int, ...]) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ from typing import Any
 from asrperf.config import TimingConfig
 from asrperf.data.clips import Clip
 from asrperf.engines.base import Engine
+from asrperf.measure.contention import ContentionGuard
 from asrperf.measure.energy import EnergyReader, EnergyResult, measure_energy
 from asrperf.measure.memory import MemoryMeter
 from asrperf.measure.stats import rtfx, summarize, throughput_samples_per_s
@@ -36,11 +37,13 @@ def run_latency(
     energy_idle_s: float = 0.0,
     on_call: Callable[[int], None] | None = None,
     memory: MemoryMeter | None = None,
+    contention: ContentionGuard | None = None,
 ) -> tuple[dict[str, Any], TimedCalls]:
     """Measure one cell; returns the metric fields of its row and the raw timings.
 
     The timed calls (warm-up excluded) run inside the measurers' window: energy (made at least
-    as long as the slowest reader's update period by raising the minimum timed time) and memory.
+    as long as the slowest reader's update period by raising the minimum timed time), memory,
+    and the busy-machine guard (innermost: its window is the timed calls' own).
     """
     rate = clips[0].sample_rate
 
@@ -58,6 +61,8 @@ def run_latency(
         meter = window.enter_context(measure_energy(energy_readers, idle_s=energy_idle_s)) if energy_readers else None
         if memory is not None:
             window.enter_context(memory)
+        if contention is not None:
+            window.enter_context(contention)
         timed = time_calls(lambda i: call(i + len(warmup.warmup_s)), engine.synchronize,
                            dataclasses.replace(timing, warmup_calls=0, warmup_min_s=0.0), on_call)
     timed.warmup_s = warmup.warmup_s
@@ -83,6 +88,8 @@ def run_latency(
         row.update(energy_fields(energy, batch_size * n, audio_s * n))
     if memory is not None and memory.result is not None:
         row.update(memory.result.to_row())
+    if contention is not None and contention.result is not None:
+        row.update(contention.result.to_row())
     if score:
         # decoding is deterministic (greedy), so the timed calls' outputs are the transcripts;
         # only clips the timed calls did not reach are transcribed again
@@ -166,13 +173,13 @@ class LatencyScenario(Scenario):
     """Timed calls at each configured batch size, energy and memory over them, then WER over every clip."""
 
     name = "latency"
-    meters = ("energy", "memory")
+    meters = ("energy", "memory", "contention")
     scores_accuracy = True
 
     def run(self, ctx: CellContext) -> dict[str, Any]:
         m = ctx.meters
         metrics, timed = run_latency(ctx.engine, ctx.clips, ctx.batch_size, ctx.timing, ctx.score,
-                                     m.energy_readers, m.energy_idle_s, memory=m.memory)
+                                     m.energy_readers, m.energy_idle_s, memory=m.memory, contention=m.contention)
         ctx.warmup_s, ctx.samples_s = timed.warmup_s, timed.samples_s
         row: dict[str, Any] = dict(metrics)
         if m.energy_missing_reason:

@@ -112,6 +112,7 @@ class Probe:
     latency_s_p50: float | None = None
     peak_memory_bytes: int | None = None
     error: str | None = None
+    contended: bool | None = None  # the busy-machine guard's verdict on this probe's window
 
     @property
     def ok(self) -> bool:
@@ -272,9 +273,12 @@ def measure_with_engine(
     timing: Any,
     peak_memory: Callable[[], int | None] | None = None,
     reset_peak: Callable[[], None] | None = None,
+    contention: Any = None,
 ) -> Callable[[int], Probe]:
     """A `measure` for `search`: one latency cell (no scoring) per batch size.
 
+    `contention` (a measure.contention.ContentionGuard), when given, guards every probe's timed
+    window: each probe records its verdict and the guard keeps every window's figures.
     `peak_memory()` is read after the timed calls (bytes, or None when unknown); `reset_peak()`,
     when given, is called before each probe so the peak is that probe's own.
     OOM -> Probe(status="oom") and device memory is freed; any other exception -> "failed".
@@ -286,7 +290,7 @@ def measure_with_engine(
             reset_peak()
         status, error = "failed", None
         try:
-            row, _ = run_latency(engine, clips, batch_size, timing, score=False)
+            row, _ = run_latency(engine, clips, batch_size, timing, score=False, contention=contention)
         except Exception as exc:
             status = "oom" if is_oom(exc) else "failed"
             error = _error_text(exc)
@@ -296,7 +300,8 @@ def measure_with_engine(
             peak = peak_memory() if peak_memory is not None else None
             return Probe(batch_size, "ok", samples_per_s=row["throughput_samples_per_s"],
                          latency_s_p50=row["latency_s_p50"],
-                         peak_memory_bytes=int(peak) if peak is not None else None)
+                         peak_memory_bytes=int(peak) if peak is not None else None,
+                         contended=row.get("contended"))
         if status == "oom":
             _free_device_memory(engine)
         return Probe(batch_size, status, error=error)
@@ -311,6 +316,7 @@ class MaxThroughputScenario(Scenario):
     """The best samples/s over a batch-size search (DESIGN.md "Max throughput"), one cell per length."""
 
     name = "max_throughput"
+    meters = ("contention",)
 
     def batch_sizes(self, configured: tuple[int, ...]) -> tuple[int, ...]:
         return (SEARCHED_BATCH,)
@@ -323,4 +329,7 @@ class MaxThroughputScenario(Scenario):
             peak = lambda: torch.cuda.max_memory_allocated(index)  # noqa: E731
             reset = lambda: torch.cuda.reset_peak_memory_stats(index)  # noqa: E731
         policy = SearchPolicy(max_batch=ctx.settings.max_batch, memory_budget_bytes=ctx.settings.memory_budget_bytes)
-        return search(measure_with_engine(ctx.engine, ctx.clips, ctx.timing, peak, reset), policy).to_row()
+        guard = ctx.meters.contention
+        result = search(measure_with_engine(ctx.engine, ctx.clips, ctx.timing, peak, reset, contention=guard), policy)
+        merged = guard.merged() if guard is not None else None  # every probe's window, judged together
+        return {**result.to_row(), **(merged.to_row() if merged is not None else {})}
