@@ -65,6 +65,21 @@ def tiny_source() -> dict:
     return {"kind": "builtin", "n_sentences": 30}
 
 
+@pytest.fixture(scope="session")
+def builtin_clips(cache_dir, tiny_source):
+    """`builtin_clips(length_s, n=1)`: `n` exact clips of the built-in corpus (tiny_source), cached."""
+    from asrperf.data.audio import SAMPLE_RATE
+    from asrperf.data.clips import ClipCache, prepare_clips
+    from asrperf.data.sources import BuiltinSource
+
+    src = BuiltinSource(cache_dir, n_sentences=tiny_source["n_sentences"])
+
+    def clips(length_s: float, n: int = 1) -> list:
+        return prepare_clips(lambda: src.utterances(SAMPLE_RATE), src.key, {}, length_s, n, ClipCache(cache_dir))[0]
+
+    return clips
+
+
 # one call per cell, no warm-up: enough to run the full measurement path, not to measure
 FAST_TIMING = {"warmup_calls": 0, "min_calls": 1, "min_time_s": 0.0, "max_calls": 1}
 

@@ -8,8 +8,6 @@ pytest.importorskip("faster_whisper", reason="engine ct2 needs pip install 'asrp
 
 from asrperf.config import config_from_dict
 from asrperf.data.audio import SAMPLE_RATE
-from asrperf.data.clips import ClipCache, prepare_clips
-from asrperf.data.sources import BuiltinSource
 from asrperf.engines.catalog import resolve
 from asrperf.engines.ct2 import COMPUTE_TYPES, CTranslate2Engine
 from asrperf.engines.hf import TransformersEngine
@@ -30,12 +28,8 @@ WER_AGREEMENT_POINTS = 3.0
 
 
 @pytest.fixture(scope="module")
-def clips(cache_dir, tiny_source):
-    src = BuiltinSource(cache_dir, n_sentences=tiny_source["n_sentences"])
-    out = {}
-    for length, n in ((5.0, 2), (60.0, 1)):
-        out[length], _ = prepare_clips(lambda: src.utterances(SAMPLE_RATE), src.key, {}, length, n, ClipCache(cache_dir))
-    return out
+def clips(builtin_clips):
+    return {5.0: builtin_clips(5.0, 2), 60.0: builtin_clips(60.0)}
 
 
 def _ct2(cache_dir, dtype: str, name: str = "whisper-tiny.en") -> CTranslate2Engine:

@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 
 from asrperf.data.audio import SAMPLE_RATE
-from asrperf.data.clips import ClipCache, prepare_clips
-from asrperf.data.sources import BuiltinSource
 from asrperf.engines.catalog import resolve
 from asrperf.engines.hf import TransformersEngine
 from asrperf.errors import ModelError
@@ -17,12 +15,8 @@ SHORT_CLIP_MAX_WER = 0.3
 
 
 @pytest.fixture(scope="module")
-def clips(cache_dir, tiny_source):
-    src = BuiltinSource(cache_dir, n_sentences=tiny_source["n_sentences"])
-    out = {}
-    for length in (5.0, 60.0):
-        out[length], _ = prepare_clips(lambda: src.utterances(SAMPLE_RATE), src.key, {}, length, 1, ClipCache(cache_dir))
-    return out
+def clips(builtin_clips):
+    return {length: builtin_clips(length) for length in (5.0, 60.0)}
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ import pytest
 pytest.importorskip("whisper", reason="engine openai-whisper needs pip install 'asrperf[openai-whisper]'")
 
 from asrperf.data.audio import SAMPLE_RATE
-from asrperf.data.clips import ClipCache, prepare_clips
-from asrperf.data.sources import BuiltinSource
 from asrperf.engines.catalog import resolve
 from asrperf.engines.registry import create
 from asrperf.errors import ModelError
@@ -22,12 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def clips(cache_dir, tiny_source):
-    src = BuiltinSource(cache_dir, n_sentences=tiny_source["n_sentences"])
-    out = []
-    for length, n in ((5.0, 2), (60.0, 1)):
-        out += prepare_clips(lambda: src.utterances(SAMPLE_RATE), src.key, {}, length, n, ClipCache(cache_dir))[0]
-    return out
+def clips(builtin_clips):
+    return builtin_clips(5.0, 2) + builtin_clips(60.0)
 
 
 def _wer(engine_name: str, cache_dir, clips) -> tuple[float, list[str], dict]:

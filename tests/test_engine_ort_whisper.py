@@ -10,8 +10,6 @@ pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
 from asrperf.data.audio import SAMPLE_RATE
-from asrperf.data.clips import ClipCache, prepare_clips
-from asrperf.data.sources import BuiltinSource
 from asrperf.engines.base import ModelSpec
 from asrperf.engines.catalog import _whisper, resolve
 from asrperf.engines.hf import TransformersEngine
@@ -27,13 +25,8 @@ MINI = ModelSpec("whisper-mini-test", "whisper", "", _whisper(64, 2, 2, vocab=51
 
 
 @pytest.fixture(scope="module")
-def clips(cache_dir, tiny_source):
-    src = BuiltinSource(cache_dir, n_sentences=tiny_source["n_sentences"])
-    out = {}
-    for length in (5.0, 60.0):
-        out[length], _ = prepare_clips(lambda: src.utterances(SAMPLE_RATE), src.key, {}, length, 1,
-                                       ClipCache(cache_dir))
-    return out
+def clips(builtin_clips):
+    return {length: builtin_clips(length) for length in (5.0, 60.0)}
 
 
 @pytest.fixture(scope="module")

@@ -153,14 +153,8 @@ def test_max_throughput_search_stops_on_a_real_cuda_oom(cache_dir):
 
 
 @pytest.fixture(scope="module")
-def clip(cache_dir, tiny_source):
-    from asrperf.data.audio import SAMPLE_RATE
-    from asrperf.data.clips import ClipCache, prepare_clips
-    from asrperf.data.sources import BuiltinSource
-
-    src = BuiltinSource(cache_dir, n_sentences=tiny_source["n_sentences"])
-    clips, _ = prepare_clips(lambda: src.utterances(SAMPLE_RATE), src.key, {}, 5.0, 1, ClipCache(cache_dir))
-    return clips[0]
+def clip(builtin_clips):
+    return builtin_clips(5.0)[0]
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])

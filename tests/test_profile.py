@@ -7,8 +7,6 @@ import pytest
 
 from asrperf.config import TimingConfig
 from asrperf.data.audio import SAMPLE_RATE
-from asrperf.data.clips import ClipCache, prepare_clips
-from asrperf.data.sources import BuiltinSource
 from asrperf.engines.catalog import resolve
 from asrperf.engines.hf import TransformersEngine
 from asrperf.engines.hf_families import STAGES
@@ -36,10 +34,8 @@ def test_categorize(name, category):
 
 
 @pytest.fixture(scope="module")
-def clips(cache_dir, tiny_source):
-    src = BuiltinSource(cache_dir, n_sentences=tiny_source["n_sentences"])
-    out, _ = prepare_clips(lambda: src.utterances(SAMPLE_RATE), src.key, {}, 5.0, 1, ClipCache(cache_dir))
-    return out
+def clips(builtin_clips):
+    return builtin_clips(5.0)
 
 
 def _profiled(cache_dir, clips, tmp_path, model, weights, device="cpu"):

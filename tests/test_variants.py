@@ -9,8 +9,6 @@ import pytest
 
 from asrperf.config import ModelConfig, config_from_dict, dump_config, load_config
 from asrperf.data.audio import SAMPLE_RATE
-from asrperf.data.clips import ClipCache, prepare_clips
-from asrperf.data.sources import BuiltinSource
 from asrperf.engines.catalog import resolve
 from asrperf.engines.hf import TransformersEngine
 from asrperf.errors import ConfigError
@@ -32,10 +30,8 @@ MAX_WER_VS_FP32 = 0.13
 
 
 @pytest.fixture(scope="module")
-def clip(cache_dir, tiny_source):
-    src = BuiltinSource(cache_dir, n_sentences=tiny_source["n_sentences"])
-    clips, _ = prepare_clips(lambda: src.utterances(SAMPLE_RATE), src.key, {}, 5.0, 1, ClipCache(cache_dir))
-    return clips[0]
+def clip(builtin_clips):
+    return builtin_clips(5.0)[0]
 
 
 def _load(cache_dir, dtype: str = "fp32", **options) -> TransformersEngine:

@@ -8,8 +8,6 @@ import pytest
 
 from asrperf.config import ModelConfig, config_from_dict
 from asrperf.data.audio import SAMPLE_RATE
-from asrperf.data.clips import ClipCache, prepare_clips
-from asrperf.data.sources import BuiltinSource
 from asrperf.engines.catalog import resolve
 from asrperf.engines.windows import Window, split_windows
 from asrperf.errors import ConfigError, ModelError
@@ -101,10 +99,8 @@ def test_longform_is_a_labelled_variant_of_whisper_engines_only():
 # -- real speech through both engines ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def clip60(cache_dir, tiny_source):
-    src = BuiltinSource(cache_dir, n_sentences=tiny_source["n_sentences"])
-    clips, _ = prepare_clips(lambda: src.utterances(SAMPLE_RATE), src.key, {}, 60.0, 1, ClipCache(cache_dir))
-    return clips[0]
+def clip60(builtin_clips):
+    return builtin_clips(60.0)[0]
 
 
 def _engine(name: str, cache_dir, dtype: str, longform: str):
