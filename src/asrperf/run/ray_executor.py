@@ -114,8 +114,8 @@ class RayExecutor:
         ray = self._ray = require_ray()
         if not ray.is_initialized():
             try:  # "" starts a Ray for this run on this machine; "auto" or HOST:PORT joins a cluster
-                ray.init(address=self.address or None, include_dashboard=False, log_to_driver=False,
-                         logging_level="ERROR")
+                local = {} if self.address else {"include_dashboard": False}  # joining: the cluster decides
+                ray.init(address=self.address or None, log_to_driver=False, logging_level="ERROR", **local)
             except (ConnectionError, RuntimeError) as exc:
                 raise ConfigError(f"ray_address (--ray-address) '{self.address}': cannot join a Ray cluster "
                                   f"there ({exc}); start one with `ray start --head` or pass '' to start one "
