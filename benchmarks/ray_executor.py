@@ -66,7 +66,7 @@ def overhead(args: argparse.Namespace, tmp: Path) -> None:
                 "energy": False},
     })
     prepare(base)
-    ray.init(log_to_driver=False, logging_level="ERROR", include_dashboard=False)  # once: init is not per cell
+    ray.init(address="local", log_to_driver=False, logging_level="ERROR", include_dashboard=False)  # once, not per cell
     rows, samples = {"local": [], "ray": []}, {"local": [], "ray": []}
     print("\n(a) one default cell, local executor vs ray executor on a local Ray\n")
     print("| round | first | local wall s | ray wall s | overhead s | overhead % | local p50 ms | ray p50 ms |")

@@ -115,7 +115,7 @@ class RayExecutor:
         if not ray.is_initialized():
             try:  # "" starts a Ray for this run on this machine; "auto" or HOST:PORT joins a cluster
                 local = {} if self.address else {"include_dashboard": False}  # joining: the cluster decides
-                ray.init(address=self.address or None, log_to_driver=False, logging_level="ERROR", **local)
+                ray.init(address=self.address or "local", log_to_driver=False, logging_level="ERROR", **local)
             except (ConnectionError, RuntimeError) as exc:
                 raise ConfigError(f"ray_address (--ray-address) '{self.address}': cannot join a Ray cluster "
                                   f"there ({exc}); start one with `ray start --head` or pass '' to start one "
@@ -128,6 +128,7 @@ class RayExecutor:
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
         self._task = ray.remote(max_calls=1, max_retries=0)(_run_cell)
         self._capture = ray.remote(num_cpus=0, max_retries=0)(_capture_env)
+        self._ray.get(self._starts.take.remote())  # the actor is up: cells' starts reach it without delay
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -194,8 +195,11 @@ class RayExecutor:
 
     def _take_starts(self) -> list[Event]:
         out: list[Event] = []
+        running = set(self._refs.values())
         for index, node_id, hostname, at in self._ray.get(self._starts.take.remote()):
             node = self._node(node_id, hostname)
+            if index not in running:  # its start arrived after its end (or its timeout): nothing to report
+                continue
             self._started[index] = (node, at)
             out.append(Started(index, node))
         return out

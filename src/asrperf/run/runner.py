@@ -321,6 +321,8 @@ class _Loop:
     def _on_event(self, event: Event) -> None:
         cell, n = self.cells[event.index], len(self.cells)
         if isinstance(event, Started):
+            if event.index not in self.in_flight:  # an executor reported a start after the end: ignore it
+                return
             self.in_flight[event.index] = event.node
             self._count(event.node, 1, 0)
             self.notify(cell, f"running on {event.node.label}", event.index, n)
