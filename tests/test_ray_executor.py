@@ -223,3 +223,14 @@ def test_a_lost_node_fails_its_running_cells_and_retry_failed_completes_them(tmp
     after = {r["cell_key"]: r for r in _rows(cfg)}
     assert all(r["status"] == "ok" for r in after.values()) and set(after) == set(rows)
     assert killed[0] not in {after[k]["node_id"] for k in lost}  # re-run elsewhere
+
+
+def test_without_ray_the_run_stops_with_one_error_naming_the_extra(tmp_path, cache_dir, tiny_source, monkeypatch):
+    from asrperf.errors import MissingExtraError
+    from asrperf.run.runner import check
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what a machine without the extra sees: ImportError
+    cfg = _config(tmp_path, cache_dir, tiny_source, executor="ray")
+    with pytest.raises(MissingExtraError, match=r"`ray` is needed for executor ray: pip install 'asrperf\[ray\]'"):
+        check(cfg)
+    assert not (tmp_path / "r.sqlite").exists()
