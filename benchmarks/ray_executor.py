@@ -32,13 +32,13 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))  # the stub engine (b); Ray workers get it through PYTHONPATH
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
 
-import ray  # noqa: E402
+import ray
+import ray_stub
 
-import ray_stub  # noqa: E402,F401  (registers engine toy_sleep)
-from asrperf.config import RunConfig, config_from_dict  # noqa: E402
-from asrperf.measure.paired import ratio_of_medians_ci  # noqa: E402
-from asrperf.results.store import Store  # noqa: E402
-from asrperf.run.runner import prepare, run  # noqa: E402
+from asrperf.config import RunConfig, config_from_dict
+from asrperf.measure.paired import ratio_of_medians_ci
+from asrperf.results.store import Store
+from asrperf.run.runner import prepare, run
 
 
 def timed_cells(cfg: RunConfig) -> dict[str, float]:

@@ -20,16 +20,16 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the ray executor needs ray: pip install 'asrperf[ray]'")
 
-import ray_stub  # noqa: E402,F401  (registers the toy_sleep engine)
-from ray.cluster_utils import Cluster  # noqa: E402
+import ray_stub  # registers the toy_sleep engine
+from ray.cluster_utils import Cluster
 
-from asrperf.config import config_from_dict  # noqa: E402
-from asrperf.errors import ConfigError  # noqa: E402
-from asrperf.results.store import Store  # noqa: E402
-from asrperf.run.clip_bundle import ClipBundle  # noqa: E402
-from asrperf.run.plan import expand  # noqa: E402
-from asrperf.run.ray_executor import cell_resources  # noqa: E402
-from asrperf.run.runner import prepare, run  # noqa: E402
+from asrperf.config import config_from_dict
+from asrperf.errors import ConfigError
+from asrperf.results.store import Store
+from asrperf.run.clip_bundle import ClipBundle
+from asrperf.run.plan import expand
+from asrperf.run.ray_executor import cell_resources
+from asrperf.run.runner import prepare, run
 
 TESTS = Path(__file__).resolve().parent
 NODES = 3

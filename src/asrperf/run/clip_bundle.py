@@ -35,7 +35,7 @@ class ClipBundle:
     sha256: str
 
     @classmethod
-    def from_cache(cls, cache_dir: str | Path, key: str, n: int) -> "ClipBundle":
+    def from_cache(cls, cache_dir: str | Path, key: str, n: int) -> ClipBundle:
         """Bundle the first `n` clips of cache entry `key` under `cache_dir` (built by `prepare`)."""
         folder = ClipCache(cache_dir).root / key
         index_path = folder / "index.json"

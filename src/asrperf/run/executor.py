@@ -86,7 +86,7 @@ class Executor(Protocol):
     def node_envs(self) -> dict[str, dict[str, Any]]:
         """Node id -> its environment (results/env.py), captured once per node; empty for local."""
 
-    def __enter__(self) -> "Executor": ...
+    def __enter__(self) -> Executor: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
@@ -119,7 +119,7 @@ class LocalExecutor:
     def node_envs(self) -> dict[str, dict[str, Any]]:
         return {}
 
-    def __enter__(self) -> "LocalExecutor":
+    def __enter__(self) -> LocalExecutor:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -110,7 +110,7 @@ class RayExecutor:
         self._envs: dict[str, dict[str, Any]] = {}
 
     # -- lifetime ---------------------------------------------------------------------------------
-    def __enter__(self) -> "RayExecutor":
+    def __enter__(self) -> RayExecutor:
         ray = self._ray = require_ray()
         if not ray.is_initialized():
             try:  # "" starts a Ray for this run on this machine; "auto" or HOST:PORT joins a cluster
