@@ -53,6 +53,7 @@ def _build_config(
     hf_config: str | None, split: str | None, weights: str | None, dtype: str | None,
     quant: str | None = None, attn: str | None = None, compile_: bool | None = None, longform: str | None = None,
     scenario: list[str] | None = None, chunk_ms: str | None = None, engines: list[str] | None = None,
+    executor: str | None = None, ray_address: str | None = None,
 ) -> RunConfig:
     base = load_config(config) if config else config_from_dict(default_config_dict(), "embedded default")
     changes: dict = {}
@@ -72,7 +73,8 @@ def _build_config(
                        ("scenarios", tuple(x.strip() for s in scenario or () for x in s.split(",") if x.strip()) or None),
                        ("chunk_ms", _ints(chunk_ms, "chunk-ms") or None),
                        ("cell_timeout_s", timeout), ("store", str(store) if store else None),
-                       ("cache_dir", str(cache_dir) if cache_dir else None)):
+                       ("cache_dir", str(cache_dir) if cache_dir else None),
+                       ("executor", executor), ("ray_address", ray_address)):
         if value is not None:
             changes[key] = value
     sources = [s for s in (manifest, folder, hf_dataset) if s]
@@ -118,6 +120,8 @@ def run(
     cache_dir: Optional[Path] = typer.Option(None, help="Where corpora, clips and converted weights are cached."),
     isolate: Optional[bool] = typer.Option(None, "--isolate/--no-isolate", help="One process per cell (default on)."),
     timeout: Optional[float] = typer.Option(None, help="Per-cell timeout in seconds."),
+    executor: Optional[str] = typer.Option(None, help="local (one process per cell on this machine, the default) | ray (one Ray task per cell on a cluster)."),
+    ray_address: Optional[str] = typer.Option(None, help="Executor ray: '' starts a Ray for the run (default), 'auto' or HOST:PORT joins a running cluster; implies --executor ray."),
     retry_failed: bool = typer.Option(False, help="Re-run cells that failed in an earlier attempt of this run."),
     wait_quiet: Optional[float] = typer.Option(
         None, "--wait-quiet", metavar="[SECONDS]",
@@ -134,7 +138,8 @@ def run(
     cfg = _build_config(config, model, lengths, batch, device, threads, n_clips, store, cache_dir, isolate,
                         timeout, manifest, folder, hf_dataset, hf_config, split, weights, dtype,
                         quant=quant, attn=attn, compile_=compile_, longform=longform, scenario=scenario,
-                        chunk_ms=chunk_ms, engines=engine)
+                        chunk_ms=chunk_ms, engines=engine,
+                        executor=executor or ("ray" if ray_address is not None else None), ray_address=ray_address)
     check(cfg)
     if wait_quiet is not None and wait_quiet < 0:
         raise ConfigError(f"--wait-quiet: {wait_quiet:g} must be >= 0 seconds")
@@ -146,11 +151,23 @@ def run(
         def on_prepare(what: str, done: int, total: int) -> None:
             progress.update(prep, description=what, completed=done, total=total)
 
+        finished: set[int] = set()
+        node_tasks: dict = {}
+
+        def on_node(node: str, running: int, done: int) -> None:  # one line per node (executor ray)
+            if cfg.executor == "local":
+                return
+            if node not in node_tasks:
+                node_tasks[node] = progress.add_task("", total=None)
+            progress.update(node_tasks[node], description=escape(f"  node {node}: {running} running"), completed=done)
+
         def on_cell(cell, state: str, i: int, n: int) -> None:
             progress.update(prep, visible=False)
             chunk = f" {cell.chunk_ms} ms chunks" if cell.chunk_ms else ""
             label = f"{cell.model.display} {cell.clip_length_s:g} s b{cell.batch_size}{chunk} {cell.device}"
-            progress.update(cells_task, visible=True, total=n, completed=i + (state != "running"),
+            if state.startswith(("ok", "failed", "skipped")):
+                finished.add(i)
+            progress.update(cells_task, visible=True, total=n, completed=len(finished),
                             description=escape(f"{label}: {state}"[:100]))
             if state.startswith("failed"):
                 console.print(f"[red]{escape(label)}: {escape(state)}[/red]")
@@ -159,13 +176,16 @@ def run(
 
         try:
             summary = run_cells(cfg, retry_failed=retry_failed, on_cell=on_cell, on_prepare=on_prepare,
-                                wait_quiet_s=wait_quiet)
+                                wait_quiet_s=wait_quiet, on_node=on_node)
         except AsrperfError:  # the error is the one line to show: no half-filled progress bars above it
             for task in progress.task_ids:
                 progress.update(task, visible=False)
             raise
     console.print(f"run {summary.run_id}: {summary.ran} cell(s) measured, {summary.skipped} already done, "
                   f"{summary.failed} failed; results in {summary.store}")
+    if cfg.executor != "local" and summary.cells_per_node:
+        console.print("cells per node: " + ", ".join(f"{k}: {v}" for k, v in summary.cells_per_node.items()),
+                      markup=False, highlight=False)
     if summary.skipped_failed:
         console.print(f"[red]{summary.skipped_failed} cell(s) are stored as failed (by an earlier attempt or another "
                       "run on this store) and were not re-run[/red]; --retry-failed re-runs them", soft_wrap=True)

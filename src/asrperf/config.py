@@ -29,6 +29,7 @@ MAX_DECODE_TOKENS = 440  # Whisper decodes at most 448 positions, prompt include
 STREAM_CLOCKS = ("simulated", "realtime")  # scenarios/stream_clock.py
 CAPACITY_WORKERS = ("threads", "processes")
 MAX_CHUNK_MS = 30_000  # one Whisper window
+EXECUTORS = ("local", "ray")  # run/executor.py: a process per cell here, or a Ray task per cell on a cluster
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,8 @@ class RunConfig:
     # exact clips: each must hold at least this share of speech (the rest is silence padding);
     # a clip below it is an error naming the source. 0 allows any clip
     min_speech_share: float = 0.9
+    executor: str = "local"  # EXECUTORS; how cells are run, never what they measure (not in the identity)
+    ray_address: str = ""  # executor ray: "" starts a Ray for the run, "auto" or HOST:PORT joins a cluster
 
     def validate(self) -> "RunConfig":
         if not self.models:
@@ -203,6 +206,7 @@ class RunConfig:
             for d in self.devices:
                 check_variant(m, d)
         _choice("clip_mode", self.clip_mode, CLIP_MODES)
+        self._validate_executor()
         from asrperf.scenarios import SCENARIOS
 
         for s in self.scenarios:
@@ -237,6 +241,21 @@ class RunConfig:
             raise ConfigError("timing: need warmup_calls >= 0, min_calls >= 1 and max_calls >= min_calls")
         return self
 
+    def _validate_executor(self) -> None:
+        _choice("executor (--executor)", self.executor, EXECUTORS)
+        if self.executor != "ray":
+            if self.ray_address:
+                raise ConfigError(f"ray_address (--ray-address) = '{self.ray_address}' needs executor = 'ray'; "
+                                  "add --executor ray or remove the address")
+            return
+        if not self.isolate:
+            raise ConfigError("isolate = false with executor = 'ray': each Ray cell runs in its own worker "
+                              "process; remove isolate = false (--no-isolate) or use executor 'local'")
+        for d in self.devices:
+            if d.startswith("cuda:") and d != "cuda:0":
+                raise ConfigError(f"devices: '{d}' with executor = 'ray': Ray gives each CUDA cell one GPU of its "
+                                  "choice (seen as cuda:0 in the cell); use 'cuda'")
+
     def _validate_streaming(self) -> None:
         from asrperf.engines.capabilities import streaming_policy
         from asrperf.engines.catalog import CATALOG
@@ -269,6 +288,7 @@ class RunConfig:
         d = dataclasses.asdict(self)
         d.pop("store"), d.pop("cache_dir"), d.pop("isolate"), d.pop("cell_timeout_s")
         d.pop("min_speech_share")  # a check on the clips, not a change to them
+        d.pop("executor"), d.pop("ray_address")  # where cells run: a run started locally finishes on Ray
         if "decode" not in self.scenarios:  # only the decode scenario reads it: other runs keep their ids
             d.pop("decode_tokens")
         if "streaming" not in self.scenarios:  # only the streaming scenario reads these

@@ -123,6 +123,13 @@ class Provenance(Section):
     clip_ids: list | None = doc("ids of the cell's clips")
     speech_s_mean: float | None = doc("mean seconds of speech per clip")
     load_s: float | None = doc("seconds to load the model (cold start)")
+    executor: str | None = doc("what ran the cell: local (a process on the driver's machine) or ray (a Ray task)")
+    node_hostname: str | None = doc("hostname of the machine that ran the cell")
+    node_id: str | None = doc("the Ray node id of that machine (executor ray)")
+    node_cpu_model: str | None = doc("that machine's CPU model, from its environment captured once per node")
+    node_gpu_name: str | None = doc("that machine's GPU name(s) as nvidia-smi lists them (none: no GPU)")
+    node_gpu_driver: str | None = doc("that machine's NVIDIA driver version")
+    clips_sha256: str | None = doc("content hash of the clip files the cell measured (shipped to its node, verified there)")
     engine_details: dict | None = doc("facts an engine reported that this schema does not list")
 
 

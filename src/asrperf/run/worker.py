@@ -46,6 +46,8 @@ class CellPayload:
     settings: ScenarioSettings
     # modules outside asrperf that register scenarios or engines: imported first in the cell's process
     plugins: tuple[str, ...] = ()
+    # where the clips are cached when not under cache_dir (a Ray node unpacks the shipped clips there)
+    clips_dir: str = ""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -60,7 +62,8 @@ class CellPayload:
             settings["streaming"] = StreamingConfig(**settings["streaming"])
         return cls(cell=cell, cache_dir=d["cache_dir"], clip_key=d["clip_key"], n_clips=d["n_clips"],
                    timing=TimingConfig(**d["timing"]), accuracy=d["accuracy"], isolated=d["isolated"],
-                   settings=ScenarioSettings(**settings), plugins=tuple(d["plugins"]))
+                   settings=ScenarioSettings(**settings), plugins=tuple(d["plugins"]),
+                   clips_dir=d.get("clips_dir", ""))
 
 
 def set_threads(threads: int) -> None:
@@ -153,7 +156,7 @@ def execute(payload: CellPayload) -> CellResult:
         for module in payload.plugins:
             importlib.import_module(module)
         scenario = SCENARIOS[cell.scenario]
-        clips = ClipCache(payload.cache_dir).load(payload.clip_key, payload.n_clips)
+        clips = ClipCache(payload.clips_dir or payload.cache_dir).load(payload.clip_key, payload.n_clips)
         if clips is None:
             raise AsrperfError(f"clips {payload.clip_key} are not in the cache; run `asrperf prepare` first")
         spec = dataclasses.replace(resolve(cell.model.name), options=cell.model.options)
