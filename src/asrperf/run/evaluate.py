@@ -140,6 +140,7 @@ def evaluate(cfg: EvalConfig, on_batch: Callable[[int, int], None] | None = None
     from asrperf.results.schema import engine_fields
     from asrperf.results.store import Store, check_writable
     from asrperf.run.preflight import check_devices
+    from asrperf.run.worker import _device_facts
 
     cfg.validate()
     resolve(cfg.model.name)
@@ -179,7 +180,7 @@ def evaluate(cfg: EvalConfig, on_batch: Callable[[int, int], None] | None = None
                       ray_resources_per_actor=got.resources, dataset_shards=got.shards, load_s=probe["load_s"])
         if auto:
             fields.update(probe["search"][1])
-        row.update(probe["engine"], threads=got.threads)
+        row.update(probe["engine"], **probe["device_facts"], threads=got.threads)
         batch_size, outputs = probe["batch_size"], got.outputs
     else:
         from asrperf.scenarios.dataset import evaluate_local
@@ -195,7 +196,7 @@ def evaluate(cfg: EvalConfig, on_batch: Callable[[int, int], None] | None = None
         stage(f"transcribing {len(utts)} utterances at batch {batch_size}")
         fields, outputs = evaluate_local(engine, utts, batch_size, score, cfg.n_worst, on_batch)
         fields.update(search, load_s=load_s)
-        row.update(engine_fields(engine.info()), runs_torch=engine.runs_torch)
+        row.update(engine_fields(engine.info()), runs_torch=engine.runs_torch, **_device_facts(engine, cfg.device))
     fields.setdefault("dataset_batch_mode", "given")
     row.update(fields, batch_size=batch_size, accuracy_reference=declaration(m.engine).accuracy_reference,
                status="ok", timed_region=list(TIMED_REGION))

@@ -85,6 +85,7 @@ def _probe(spec: EngineSpec, utts: list[Utterance], search_max_batch: int | None
     batch) the batch-size search. Runs as a Ray task."""
     from asrperf.results.schema import engine_fields
     from asrperf.run.evaluate import batch_search, load_engine
+    from asrperf.run.worker import _device_facts
     from asrperf.scenarios.dataset import engine_facts
 
     engine, load_s = load_engine(spec.model, spec.device, spec.threads, spec.cache_dir)
@@ -93,6 +94,7 @@ def _probe(spec: EngineSpec, utts: list[Utterance], search_max_batch: int | None
         out["search"] = batch_search(engine, utts, spec.device, search_max_batch, memory_budget_bytes)
     out["engine"] = {**engine_fields(engine.info()), "runs_torch": engine.runs_torch}
     out["weights_real"] = engine.info().get("weights") == "real"
+    out["device_facts"] = _device_facts(engine, spec.device)
     return out
 
 
