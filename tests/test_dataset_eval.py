@@ -32,9 +32,9 @@ def test_batches_are_consecutive_in_length_order_longest_first():
 
 
 def test_corpus_wer_bootstrap_ci_rtfx_and_worst_by_hand():
-    utts = [utt("a", 4.0, "one two three four"), utt("b", 2.0, "five six")]
+    utts = [utt("a", 4.0, "the cat sat down"), utt("b", 2.0, "red hat")]
     # batches merged out of order (as Ray shards return them)
-    outputs = [BatchOutput(1, (1,), ("seven six",), 1.0, 2.0), BatchOutput(0, (0,), ("one two three four",), 2.0, 4.0)]
+    outputs = [BatchOutput(1, (1,), ("blue hat",), 1.0, 2.0), BatchOutput(0, (0,), ("the cat sat down",), 2.0, 4.0)]
     row = corpus_fields(utts, outputs, score=True)
     assert row["wer"] == pytest.approx(1 / 6)  # 1 substitution over 6 reference words
     # bootstrap over the 2 utterances: both "a" (1/4 of resamples) -> 0, one of each (1/2) -> 1/6,
@@ -42,8 +42,8 @@ def test_corpus_wer_bootstrap_ci_rtfx_and_worst_by_hand():
     assert (row["wer_ci_low"], row["wer_ci_high"]) == (0.0, 0.5)
     assert row["dataset_rtfx"] == pytest.approx(6.0 / 3.0)  # sum audio 6 s / sum batch time 3 s
     assert row["audio_s_total"] == pytest.approx(6.0) and row["n_utterances"] == 2
-    assert [t["hyp"] for t in row["transcripts"]] == ["one two three four", "seven six"]  # source order
-    assert row["worst_utterances"] == [{"clip": "b", "ref": "five six", "hyp": "seven six", "word_edits": 1,
+    assert [t["hyp"] for t in row["transcripts"]] == ["the cat sat down", "blue hat"]  # source order
+    assert row["worst_utterances"] == [{"clip": "b", "ref": "red hat", "hyp": "blue hat", "word_edits": 1,
                                         "ref_words": 2, "wer": 0.5}]
     with pytest.raises(ValueError, match="twice"):
         corpus_fields(utts, outputs + [BatchOutput(2, (1,), ("x",), 1.0, 2.0)], score=True)
