@@ -117,7 +117,8 @@ def connect(address: str | None) -> tuple[Any, bool]:
     ray = require_ray()
     if ray.is_initialized():
         return ray, False
-    ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    # "local": always a new cluster on this machine, never one some other process left running
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     return ray, True
 
 
