@@ -113,7 +113,7 @@ def _hyps(row) -> list[str]:
 
 @pytest.mark.slow
 def test_all_120_sentences_same_transcripts_at_batch_1_and_8_and_on_1_and_3_shards(corpus, tiny, cache_dir, local_ray):
-    """1 shard is the local run (one process, the same plan); 3 shards are 3 Ray Data actors. (~5 min
+    """1 shard is the local run (one process, the same plan); 3 shards are 3 Ray Data actors. (2-5 min
     on the shared 2-core machine, corpus synthesis included: hence slow; the Ray path of one actor is
     the CLI test below.)"""
     from asrperf.run.ray_shards import EngineSpec, evaluate_on_ray
