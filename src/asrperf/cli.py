@@ -1,4 +1,4 @@
-"""The one CLI: `asrperf run | prepare | report | compare | profile | optimize | doctor`.
+"""The one CLI: `asrperf run | prepare | eval | report | compare | profile | optimize | doctor`.
 
 It reaches engines and scenarios only through run/, and the results through report/ and results/.
 Nothing imports this module.
@@ -476,10 +476,12 @@ def _is_number(text: str) -> bool:
 
 # `serve` and `load` keep their options beside their packages (serve/command.py, load/command.py)
 from asrperf.load.command import load_command  # noqa: E402
+from asrperf.run.eval_command import eval_command  # noqa: E402
 from asrperf.serve.command import serve_command  # noqa: E402
 
 app.command("serve")(serve_command)
 app.command("load")(load_command)
+app.command("eval")(eval_command)
 
 
 def main() -> None:

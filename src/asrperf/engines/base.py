@@ -23,7 +23,8 @@ from asrperf.errors import ModelError
 from asrperf.measure.memory import LoadedWeights
 from asrperf.options import VariantOptions
 
-__all__ = ["Engine", "FrameLabels", "LoadedWeights", "ModelSpec", "StreamingUnsupported", "Transcription", "Word",
+__all__ = ["BatchPadding", "Engine", "FrameLabels", "LoadedWeights", "ModelSpec", "PADDING_POLICIES", "StreamingUnsupported",
+           "Transcription", "Word", "feature_extractor_padding",
            "TIMED_REGION",
            "GREEDY_DECODING", "cpu_threads"]
 # Inside the timer, for every engine (DESIGN.md "Timed region"): clips are already decoded and
@@ -97,6 +98,34 @@ class FrameLabels:
     log_probs: np.ndarray | None = None  # CTC: (frames, vocab) log-softmax, for forced alignment
 
 
+# How a batch of waveforms of unequal length reaches the model (Engine.batch_padding):
+# fixed_window: each waveform is padded alone to a fixed window (Whisper's 30 s log-mel), so a
+#   waveform's output does not depend on what else is in the batch;
+# masked: padded to the longest of the batch with an attention mask the model reads;
+# unmasked: padded to the longest with no mask: outputs depend on the batch's composition;
+# unknown: the engine does not say.
+PADDING_POLICIES = ("fixed_window", "masked", "unmasked", "unknown")
+
+
+@dataclass(frozen=True)
+class BatchPadding:
+    """An engine's padding policy for batches of unequal waveforms, and the policy in words."""
+
+    policy: str  # one of PADDING_POLICIES
+    words: str
+
+
+def feature_extractor_padding(fe: Any, sample_rate: int = 16_000) -> BatchPadding:
+    """The padding policy of a transformers feature extractor, read from what it returns for two
+    waveforms of unequal length padded to the longest: an attention mask, or none."""
+    feats = fe([np.zeros(sample_rate // 10, np.float32), np.zeros(sample_rate // 5, np.float32)],
+               sampling_rate=sample_rate, return_tensors="np", padding="longest")
+    if "attention_mask" in feats:
+        return BatchPadding("masked", "zero-pad to the longest in the batch, with an attention mask")
+    return BatchPadding("unmasked", "zero-pad to the longest in the batch, no attention mask: "
+                                    "outputs depend on batch composition")
+
+
 class StreamingUnsupported(ModelError):
     """An engine method the streaming policies need does not apply to the loaded model (the reason)."""
 
@@ -149,6 +178,15 @@ class Engine(ABC):
         has neither (CTC: one forward per clip) or does not run as torch modules.
         """
         return {}
+
+    def batch_padding(self) -> BatchPadding:
+        """How a batch of unequal waveforms is padded (call after load). By default: Whisper-family
+        models pad each waveform alone to one 30 s window (up to 30 s of audio), other models are
+        unknown unless the engine says."""
+        if self.model_family() == "whisper":
+            return BatchPadding("fixed_window", "each waveform padded alone to one 30 s log-mel window "
+                                                "(audio up to 30 s): outputs do not depend on the batch")
+        return BatchPadding("unknown", f"engine {self.name} does not say how it pads a batch")
 
     def device_type(self) -> str:
         """"cpu" or "cuda": where the loaded model's work runs, so the profiler knows whether to

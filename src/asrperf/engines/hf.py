@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from asrperf.engines.base import (GREEDY_DECODING, DecoderAccess, Engine, ForcedDecode, FrameLabels, LoadedWeights,
-                                  ModelSpec, Transcription, Word)
+from asrperf.engines.base import (GREEDY_DECODING, BatchPadding, DecoderAccess, Engine, ForcedDecode, FrameLabels,
+                                  LoadedWeights, ModelSpec, Transcription, Word, feature_extractor_padding)
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
 from asrperf.engines.hf_families import CtcAdapter, FamilyAdapter, TransducerAdapter, bundled_sources
 from asrperf.engines.hf_whisper import WhisperAdapter
@@ -189,6 +189,11 @@ class TransformersEngine(Engine):
 
     def forced_decode(self, audios: list[np.ndarray], sample_rate: int) -> ForcedDecode:
         return self._run.forced_decode(audios, sample_rate)
+
+    def batch_padding(self) -> BatchPadding:
+        if self._run.family == "whisper":
+            return super().batch_padding()
+        return feature_extractor_padding(self.fe)  # CTC, transducers: what the feature extractor returns
 
     # -- streaming: the family adapter's own decode call -------------------------------------------
     def model_family(self) -> str:

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from asrperf.cache import build_once
-from asrperf.engines.base import Engine, LoadedWeights, ModelSpec, Transcription, cpu_threads
+from asrperf.engines.base import (BatchPadding, Engine, LoadedWeights, ModelSpec, Transcription, cpu_threads,
+                                  feature_extractor_padding)
 from asrperf.errors import ConfigError, ModelError, require
 
 DTYPES = ("fp32", "int8")
@@ -268,6 +269,15 @@ class OnnxRuntimeEngine(Engine):
         inputs.update({n: np.ascontiguousarray(feats[n], dtype=np.int64)
                        for n in rest if n in feats and n in self.session_inputs})
         return self.session.run(["logits"], inputs)[0]
+
+    def batch_padding(self) -> BatchPadding:
+        if self._whisper is not None:
+            return super().batch_padding()
+        padding = feature_extractor_padding(self.fe)
+        if padding.policy == "masked" and "attention_mask" not in self.session_inputs:
+            return BatchPadding("unmasked", "zero-pad to the longest in the batch; the exported graph takes no "
+                                            "attention mask: outputs depend on batch composition")
+        return padding
 
     def model_family(self) -> str:
         return self.family

@@ -1,5 +1,6 @@
 """The row sections of the built-in scenarios beyond latency: max throughput, profile, decode,
-streaming and server (load probes). Each registers itself with the schema (results/schema.py)."""
+streaming, server (load probes) and dataset (whole-dataset evaluation). Each registers itself with
+the schema (results/schema.py)."""
 
 from __future__ import annotations
 
@@ -235,5 +236,45 @@ class Server(Section):
     knee_rate_rps: float | None = doc("the sweep's knee: where latency starts to climb")
 
 
-for _cls in (MaxThroughput, Profile, Decode, Streaming, Server):
+@dataclass(frozen=True)
+class Dataset(Section):
+    """Whole-dataset evaluation (scenario dataset, asrperf eval): every utterance once, in length-sorted
+    batches; definitions in scenarios/dataset.py. WER/CER and the transcripts are in the accuracy section."""
+
+    name: ClassVar[str] = "dataset"
+    enums: ClassVar[dict[str, tuple[str, ...]]] = {
+        "padding_policy": ("fixed_window", "masked", "unmasked", "unknown"),
+        "dataset_executor": ("local", "ray"), "dataset_batch_mode": ("given", "searched"),
+        "utterance_order": ("length-descending",)}
+
+    dataset_source: dict | None = doc("the source's provenance (kind, path, split, ...)")
+    dataset_source_key: str | None = doc("the source's content key")
+    n_utterances: int | None = doc("utterances transcribed (no-speech ones are skipped by the source)")
+    utterance_order: str | None = doc("how utterances were ordered into batches: length-descending")
+    audio_s_total: float | None = doc("seconds of audio over every utterance")
+    utterance_s_min: float | None = doc("shortest utterance, s")
+    utterance_s_max: float | None = doc("longest utterance, s")
+    utterance_s_mean: float | None = doc("mean utterance length, s")
+    dataset_n_batches: int | None = doc("batches transcribed")
+    dataset_batch_mode: str | None = doc("given (the batch size asked for) or searched (the max-throughput search)")
+    dataset_batch_stop_reason: str | None = doc("searched: why the search stopped (oom, memory_budget, plateau, max_batch)")
+    dataset_batch_probes: list | None = doc("searched: every batch size tried on the longest utterances")
+    transcribe_s_total: float | None = doc("sum of per-batch transcription seconds")
+    dataset_rtfx: float | None = doc("sum of audio s / sum of per-batch transcription s (Open ASR Leaderboard)")
+    dataset_rtfx_method: str | None = doc("the RTFx definition in words")
+    dataset_wall_s: float | None = doc("wall seconds of the transcription (Ray: the whole job, actor start and loads included)")
+    wall_rtfx: float | None = doc("sum of audio s / dataset_wall_s")
+    padding_policy: str | None = doc("fixed_window, masked, unmasked (outputs depend on batch composition) or unknown")
+    padding: str | None = doc("the padding policy in words")
+    padding_changes_output: bool | None = doc("the padding check: the shortest utterance's transcript changed when padded")
+    padding_check: str | None = doc("the padding check in words")
+    worst_utterances: list | None = doc("[{clip, ref, hyp, word_edits, ref_words, wer}] with the most word edits")
+    dataset_executor: str | None = doc("local (one process) or ray (Ray Data actor pool)")
+    ray_actors: int | None = doc("Ray: actors in the pool (one engine each)")
+    ray_address: str | None = doc("Ray: the cluster address given (local: started by the evaluation)")
+    ray_resources_per_actor: dict | None = doc("Ray: what each actor asked for (GPU or CPU)")
+    dataset_shards: list | None = doc("Ray: per actor: node, pid, batches, utterances, transcription s")
+
+
+for _cls in (MaxThroughput, Profile, Decode, Streaming, Server, Dataset):
     register_section(_cls)

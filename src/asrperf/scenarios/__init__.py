@@ -6,6 +6,7 @@ Adding a scenario is one module with a `Scenario` subclass and one `register` ca
 from __future__ import annotations
 
 from asrperf.scenarios.base import Scenario
+from asrperf.scenarios.dataset import DatasetScenario
 from asrperf.scenarios.decode import DecodeScenario
 from asrperf.scenarios.latency import LatencyScenario
 from asrperf.scenarios.max_throughput import MaxThroughputScenario
@@ -28,5 +29,6 @@ def plugin_modules() -> tuple[str, ...]:
     return tuple(sorted(m for m in modules if not m.startswith("asrperf.") and m != "__main__"))
 
 
-for _s in (LatencyScenario(), MaxThroughputScenario(), ProfileScenario(), DecodeScenario(), StreamingScenario()):
+for _s in (LatencyScenario(), MaxThroughputScenario(), ProfileScenario(), DecodeScenario(), StreamingScenario(),
+           DatasetScenario()):
     register(_s)
