@@ -10,6 +10,7 @@ from asrperf.scenarios.decode import DecodeScenario
 from asrperf.scenarios.latency import LatencyScenario
 from asrperf.scenarios.max_throughput import MaxThroughputScenario
 from asrperf.scenarios.profile import ProfileScenario
+from asrperf.scenarios.server import ServerScenario
 from asrperf.scenarios.streaming import StreamingScenario
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -28,5 +29,6 @@ def plugin_modules() -> tuple[str, ...]:
     return tuple(sorted(m for m in modules if not m.startswith("asrperf.") and m != "__main__"))
 
 
-for _s in (LatencyScenario(), MaxThroughputScenario(), ProfileScenario(), DecodeScenario(), StreamingScenario()):
+for _s in (LatencyScenario(), MaxThroughputScenario(), ProfileScenario(), DecodeScenario(), StreamingScenario(),
+           ServerScenario()):
     register(_s)
