@@ -26,11 +26,6 @@ MATCH_TOLERANCE = 0.10  # offered rates within 10% of each other are the same lo
 FEW_REQUESTS = 100  # below this, a p99 is the top one or two requests
 Row = dict[str, Any]
 
-METHODS = [
-    "server cells: matched on identity and server_setup (batcher, plan, SLO); max sustainable rate: ratio of the "
-    "searches' answers, range from their brackets [met, missed]; p99 and goodput at the highest offered rate both "
-    f"probed within {100 * MATCH_TOLERANCE:g}%: bootstrap ratio of p99s, Newcombe interval of the goodput difference",
-]
 
 
 def _latencies(probe: Row) -> list[float]:
