@@ -27,7 +27,6 @@ FEW_REQUESTS = 100  # below this, a p99 is the top one or two requests
 Row = dict[str, Any]
 
 
-
 def _latencies(probe: Row) -> list[float]:
     return [r["latency_s"] for r in probe.get("requests") or () if r.get("outcome") == "ok" and not r.get("warmup")
             and r.get("latency_s")]
