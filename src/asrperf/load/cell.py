@@ -23,6 +23,8 @@ _RESULT = ("search_status", "max_sustainable_rate_rps", "upper_rate_rps", "resol
 _PROBE_ONLY = frozenset({"requests", "probe_role", "probe_index", "arrival", "arrival_kind", "clients", "open_loop",
                          "started_at", "wer", "wer_ci_low", "wer_ci_high", "n_scored", "wer_note",
                          "transcripts_consistent", "lateness_s_p50", "lateness_s_p99", "lateness_s_max", "lateness_ok"})
+
+
 def setup_label(max_wait_ms: float, max_queue: int, mode: str, arrival: str, slo: str) -> str:
     """What a server cell measured beyond its identity: batcher settings, plan, SLO (compare matches on it)."""
     return f"max_wait_ms={max_wait_ms:g} max_queue={max_queue} mode={mode} arrival={arrival} slo={slo or '-'}"
