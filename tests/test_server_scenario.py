@@ -86,7 +86,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_one_row_per_batcher_setting_with_the_search_and_every_probe(served_rows, cache_dir):
-    cfg, rows, samples = served_rows
+    _, rows, samples = served_rows
     assert sorted(r["batch_size"] for r in rows) == [1, 4]  # [server] max_batch_size is the cell axis
     for r in rows:
         assert r["scenario"] == "server" and r["max_batch_size"] == r["batch_size"]
@@ -132,7 +132,7 @@ def test_report_and_html_show_the_server_rows(served_rows):
 def test_compare_matches_the_same_server_cells(served_rows):
     from asrperf.report.compare import compare
 
-    cfg, rows, _ = served_rows
+    cfg, _, _ = served_rows
     cmp = compare(cfg.store, cfg.store, Path(cfg.store))
     assert len(cmp.cells) == 2 and not cmp.only_a
     metrics = {m.metric.split(" at ")[0] for c in cmp.cells for m in c.metrics}

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from asrperf.errors import AsrperfError
-
 from asrperf.report.plots import _MARKERS, Plot, _by_device, _device_title, _figure, _missing, _png, _slug, _tex_safe
 from asrperf.report.serving_tables import server_column, server_rows
 
