@@ -151,3 +151,13 @@ def test_cell_row_takes_the_answer_probe_and_scores_every_probe():
     assert row["served_offline_match_share"] == pytest.approx((n - 10) / n)
     assert row["offline_wer"] == 0.0 and row["wer"] == pytest.approx(10 / (2 * n))
     assert "requests" in row["server_probes"][0] and "slo" not in row["server_probes"][0]
+
+
+def test_offline_wer_is_scored_on_the_served_requests_so_equal_transcripts_give_equal_wer():
+    # clip c1 is answered 3x as often as c0, and its transcript has an error: request-weighted
+    reqs = _requests(1.0, 2, "c0", "hello world") + _requests(1.0, 6, "c1", "good by")
+    probe = {**_probe("single", 1.0, 1.0, True), "requests": reqs}
+    refs, offline = {"c0": "hello world", "c1": "good bye"}, {"c0": "hello world", "c1": "good by"}
+    row, _ = cell_row([probe], refs, offline, SETUP)
+    assert row["served_offline_match_share"] == 1.0
+    assert row["wer"] == pytest.approx(row["offline_wer"]) == pytest.approx(6 / 16)

@@ -68,6 +68,22 @@ def served_accuracy(probes: list[dict[str, Any]], refs: dict[str, str | None],
             "transcripts": [{"clip": c, "ref": refs[c] or "", "hyp": h} for c, h in first.items() if refs.get(c)]}
 
 
+def offline_accuracy(probes: list[dict[str, Any]], refs: dict[str, str | None],
+                     offline: dict[str, str]) -> dict[str, Any]:
+    """The offline transcripts scored on the same requests as `wer` (each answered request's clip,
+    as often as it was answered), so equal transcripts give an equal WER; per clip when none was."""
+    from asrperf.measure.wer import error_rates
+
+    ids = [c for c in offline if refs.get(c)]
+    if not ids:
+        return {}
+    answered = [r["clip_id"] for p in probes for r in p.get("requests", ())
+                if r.get("outcome") == "ok" and not r.get("warmup") and refs.get(r["clip_id"])]
+    weighted = [c for c in answered if c in offline] or ids
+    off = error_rates([refs[c] for c in weighted], [offline[c] for c in weighted])
+    return {"offline_wer": off.wer, "offline_transcripts": [{"clip": c, "ref": refs[c], "hyp": offline[c]} for c in ids]}
+
+
 def cell_row(rows: list[dict[str, Any]], refs: dict[str, str | None], offline: dict[str, str] | None,
              setup: str) -> tuple[dict[str, Any], list[float]]:
     """The cell's row from `execute`'s rows (probes, then a result row for search and sweep), and
@@ -93,13 +109,7 @@ def cell_row(rows: list[dict[str, Any]], refs: dict[str, str | None], offline: d
                server_probes=[{key: v for key, v in p.items() if key not in _SHARED} for p in probes])
     row.update(served_accuracy(probes, refs, offline))
     if offline is not None:
-        from asrperf.measure.wer import error_rates
-
-        ids = [c for c in offline if refs.get(c)]
-        if ids:
-            off = error_rates([refs[c] for c in ids], [offline[c] for c in ids])
-            row["offline_wer"] = off.wer
-            row["offline_transcripts"] = [{"clip": c, "ref": refs[c], "hyp": offline[c]} for c in ids]
+        row.update(offline_accuracy(probes, refs, offline))
     samples = [r["latency_s"] for r in answer.get("requests", ()) if r.get("outcome") == "ok" and not r.get("warmup")]
     return row, samples
 

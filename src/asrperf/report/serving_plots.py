@@ -40,7 +40,8 @@ def latency_vs_load(rows: list[Row]) -> list[Plot]:
     drawn = [r for r in ok if len({p["offered_rate_rps"] for p in curve(r)}) >= MIN_RATES]
     if not drawn:
         why = ("no server cell in these rows" if not ok else
-               f"no server cell probed {MIN_RATES} or more open-loop offered rates (mode single probes one)")
+               f"no server cell probed {MIN_RATES} or more open-loop offered rates (a sweep, or a search "
+               "with more bisection probes, draws the curve)")
         return [_missing("serving-latency-vs-load", title, why)]
     plots = []
     for device, drows in _by_device(drawn).items():

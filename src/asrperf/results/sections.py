@@ -237,6 +237,7 @@ class Server(Section):
     server_setup: str | None = doc("server cell: batcher settings, load plan and SLO in one line (compare matches on it)")
     server_probes: list | None = doc("server cell: every probe's row (metrics and request records), in order")
     answer_probe_index: int | None = doc("server cell: the probe whose figures the row carries (max rate, knee or the probe)")
+    # offline_wer / offline_transcripts (streaming section): server cells score the offline transcripts on the same requests as wer
     served_offline_match_share: float | None = doc("share of answered requests whose transcript equals the same engine's offline one")
     server_startup_s: float | None = doc("server cell: seconds from starting the server to it accepting requests (model load)")
     server_exit_code: int | None = doc("server cell: the server's exit code after SIGTERM (0: drained and stopped)")
