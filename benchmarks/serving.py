@@ -1,7 +1,7 @@
 """Serving under load: the issue's performance targets for `asrperf serve` + `asrperf load`.
 
     python benchmarks/serving.py [--engines ct2:int8,transformers:fp32] [--batch 16] [--slo 'p99<=2s']
-                                 [--length 15] [--probe-s 120] [--sweep-s 60] [--smoke]
+                                 [--length 15] [--probe-s 120] [--sweep-s 60] [--quick | --smoke]
 
 For each engine (whisper tiny.en, real weights, clips of the built-in corpus):
   1. offline, as `asrperf run` measures it (one process per cell, the same clips): latency and WER
@@ -16,7 +16,9 @@ For each engine (whisper tiny.en, real weights, clips of the built-in corpus):
 Rows go to --store (offline cells and every load probe, so `asrperf report` and later tools read
 them); the summary is printed as markdown (and written to --out). --smoke runs a tiny version
 (5 s clips, 2 clips, probes of a few seconds, ct2 only) to check that the script works; its
-numbers mean nothing.
+numbers mean nothing. --quick keeps the real setting (15 s clips, both engines, batch 8) with
+15 s probes, 2 bisection steps at 20% precision and a 3-rate sweep, so it finishes in about 10
+minutes on 2 cores; its probes are too short to resolve a p99, so its rates say "unresolved".
 
 A probe must hold >= 381 requests to *resolve* a 99th-percentile SLO (Wilson 95% CI, see
 asrperf.load.slo.requests_to_resolve); shorter probes still bisect on the point estimate but
@@ -49,6 +51,7 @@ from asrperf.run.runner import run as run_cells
 MODEL = "whisper-tiny.en"
 BATCHING_TARGET = 1.5  # max rate with dynamic batching / with max_batch_size = 1
 SATURATION_TARGET = 0.8  # served saturation rate / offline max throughput
+QUICK_SWEEP_FRACTIONS = (0.3, 0.7, 1.0)  # --quick: the curve's start, its bend and saturation
 
 
 def offline(engines: list[tuple[str, str]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -58,7 +61,8 @@ def offline(engines: list[tuple[str, str]], args: argparse.Namespace) -> dict[st
                 "batch_sizes": [1], "max_batch": args.batch, "store": args.store, "cache_dir": args.cache_dir,
                 "energy": False},
         "source": {"kind": "builtin"},
-        "timing": {"warmup_calls": 1, "min_calls": 2 if args.smoke else 3, "min_time_s": 0.5 if args.smoke else 2.0},
+        "timing": {"warmup_calls": 1, "min_calls": 2 if args.smoke or args.quick else 3,
+                   "min_time_s": 0.5 if args.smoke or args.quick else 2.0},
         "models": [{"name": MODEL, "engine": e, "dtype": d, "weights": "real"} for e, d in engines],
     }, "benchmarks/serving.py")
     summary = run_cells(cfg, on_cell=lambda cell, state, i, n: print(f"offline {i + 1}/{n} {cell.model.engine} "
@@ -94,7 +98,7 @@ def served(engine: str, dtype: str, max_batch: int, clips: list, clip_info: dict
         saturation = rows[-1]["saturation_rate_rps"]
         if max_batch > 1 and saturation:
             sweep_bounds = Bounds(args.requests, args.sweep_s, args.timeout, args.warmup_s)
-            fractions = (0.5, 1.0) if args.smoke else SWEEP_FRACTIONS
+            fractions = (0.5, 1.0) if args.smoke else QUICK_SWEEP_FRACTIONS if args.quick else SWEEP_FRACTIONS
             rows += execute(LoadPlan("sweep", poisson, sweep_bounds, parse_slo(slo_text),
                                      sweep_rates_rps=tuple(float(f"{f * saturation:.4g}") for f in fractions)),
                             target, clips, context, progress)
@@ -188,7 +192,14 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=".asrperf-cache")
     ap.add_argument("--out", default="", help="also write the markdown summary here")
     ap.add_argument("--smoke", action="store_true", help="a tiny run that checks the script works (numbers meaningless)")
+    ap.add_argument("--quick", action="store_true", help="~10 min on 2 cores: short probes, few bisection steps "
+                                                          "(rates marked unresolved where the CI straddles)")
     args = ap.parse_args()
+    if args.quick and args.smoke:
+        ap.error("give one of --quick, --smoke")
+    if args.quick:
+        args.batch, args.n_clips, args.probe_s, args.sweep_s = 8, 4, 15.0, 10.0
+        args.requests, args.warmup_s, args.max_probes, args.precision, args.timeout = 200, 2.0, 2, 0.2, 30.0
     if args.smoke:
         tmp = tempfile.mkdtemp(prefix="asrperf-serving-smoke-")
         args.engines, args.batch, args.length, args.n_clips = "ct2:int8", 2, 5.0, 2
@@ -199,7 +210,8 @@ def main() -> None:
           f"'{args.slo}'; probes here hold at most {args.requests}", file=sys.stderr)
     off = offline(engines, args)
     clips, clip_info = load_workload({"kind": "builtin"}, args.cache_dir, args.length, args.n_clips)
-    lines = [f"## Serving: {MODEL}, {args.length:g} s clips, SLO {args.slo}, Poisson arrivals", ""]
+    lines = [f"## Serving: {MODEL}, {args.length:g} s clips, SLO {args.slo}, Poisson arrivals"
+             + (" (--quick: probes too short to resolve the SLO; rates are point estimates)" if args.quick else ""), ""]
     for engine, dtype in engines:
         by_batch = {b: served(engine, dtype, b, clips, clip_info, args, args.slo) for b in (1, args.batch)}
         for b, rows in by_batch.items():

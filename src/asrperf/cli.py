@@ -109,7 +109,7 @@ def run(
     attn: Optional[str] = typer.Option(None, help="sdpa | eager | flash_attention_2 (CUDA, fp16/bf16), for every model (engine transformers)."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile every model; Whisper decodes with a static KV cache (engine transformers)."),
     longform: Optional[str] = typer.Option(None, help="sequential | batched: Whisper clips over 30 s one window after another (OpenAI), or cut at pauses into windows decoded together (engines transformers, ct2)."),
-    scenario: list[str] = typer.Option([], "--scenario", "-s", help="latency | max_throughput | profile | decode | streaming (repeatable or comma-separated; default latency)."),
+    scenario: list[str] = typer.Option([], "--scenario", "-s", help="latency | max_throughput | profile | decode | streaming | server (repeatable or comma-separated; default latency)."),
     chunk_ms: Optional[str] = typer.Option(None, "--chunk-ms", help="Streaming chunk sizes in ms, e.g. 500,1000 (scenario streaming)."),
     manifest: Optional[Path] = typer.Option(None, help="CSV/TSV/JSONL manifest with audio and text columns."),
     folder: Optional[Path] = typer.Option(None, help="Folder of audio files with same-name .txt transcripts."),
@@ -221,6 +221,7 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
     limits the tables to those scenarios' sections (the profile command shows only its own)."""
     from asrperf.report.recommend import Thresholds, load_thresholds, recommend, recommendations_table
     from asrperf.report.profile_tables import profile_tables
+    from asrperf.report.serving_tables import serving_tables
     from asrperf.report.streaming_tables import streaming_tables
     from asrperf.report.tables import environment_lines, md_escape, render_rich, study_tables, to_markdown
     from asrperf.results.store import Store, export_rows
@@ -254,7 +255,7 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
             if r.get("trace_path"):
                 console.print(f"trace (open in chrome://tracing or Perfetto): {escape(r['trace_path'])}")
     else:
-        tables = (study_tables(rows) + profile_tables(rows) + streaming_tables(rows)
+        tables = (study_tables(rows) + profile_tables(rows) + streaming_tables(rows) + serving_tables(rows)
                   + [recommendations_table(recommend(rows, limits, allow_contended=allow_contended))])
     env_text = [line for r, e in envs for line in environment_lines(e, r)]
     if fmt == "markdown":

@@ -30,6 +30,13 @@ STREAM_CLOCKS = ("simulated", "realtime")  # scenarios/stream_clock.py
 CAPACITY_WORKERS = ("threads", "processes")
 MAX_CHUNK_MS = 30_000  # one Whisper window
 EXECUTORS = ("local", "ray")  # run/executor.py: a process per cell here, or a Ray task per cell on a cluster
+SERVER_MODES = ("search", "sweep", "single")  # load/session.py MODES ("probe" is read as "single")
+# asrperf load's flags, as its checks name them, and the [server] keys that set them
+_SERVER_FLAG_KEYS = {"--rate": "rate", "--slo": "slo", "--requests": "probe_requests", "--duration": "probe_duration_s",
+                     "--timeout": "timeout_s", "--warmup-s": "warmup_s", "--max-in-flight": "max_in_flight",
+                     "--precision": "precision", "--max-probes": "max_probes",
+                     "--saturation-clients": "saturation_clients", "--sweep-rates": "sweep_rates_rps",
+                     "--mode": "mode"}
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,102 @@ class StreamingConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """The server scenario's settings, the `[server]` table: asrperf's own server for each cell, and
+    the load plan run against it (asrperf load's options). `max_batch_size` is the scenario's cell
+    axis (one cell per size; 1 = batching off). Read only when `scenarios` includes "server".
+
+    The defaults bound a cell to a few minutes: a search runs 2 anchor probes and at most
+    `max_probes` bisection probes of at most `probe_duration_s` + `timeout_s` each."""
+
+    mode: str = "search"  # search (max rate under the SLO) | sweep (latency vs offered load) | single ("probe": one at `rate`)
+    slo: str = "p99<=2s"  # asrperf.load.slo syntax
+    rate: str = "poisson:1"  # the arrival pattern; search and sweep vary its rate, keep its kind and burstiness
+    max_batch_size: tuple[int, ...] = (8,)  # the server's batcher: one cell per size
+    max_wait_ms: float = 10.0  # how long a batch's first request waits for more
+    max_queue: int = 64  # waiting requests before 429
+    probe_duration_s: float = 20.0  # seconds of sending per probe
+    probe_requests: int = 400  # most requests per probe (381 resolve a 99th percentile)
+    timeout_s: float = 30.0  # per request; a probe never outlasts probe_duration_s + timeout_s
+    warmup_s: float = 0.0  # requests scheduled in a probe's first seconds are sent, not measured
+    max_in_flight: int = 0  # open loop: at most this many requests at once (0: no limit)
+    precision: float = 0.1  # search: stop when the bracket is within this share of its upper end
+    max_probes: int = 4  # search: bisection probes after the synchronous and saturation ones
+    saturation_clients: int = 0  # closed-loop clients of the saturation probe (0: 2 x max_batch_size)
+    sweep_rates_rps: tuple[float, ...] = ()  # sweep: these rates; empty: fractions of the saturation rate
+    seed: int = 0  # the arrival schedule's seed, the same for every probe
+    startup_timeout_s: float = 600.0  # loading the model in the server process
+
+    @property
+    def plan_mode(self) -> str:
+        return "single" if self.mode == "probe" else self.mode
+
+    def worst_case_s(self) -> float:
+        """The longest the load plan may take after the server listens: every probe runs to its
+        duration, its last request to its timeout, and the wait for an idle server to its timeout."""
+        if self.plan_mode == "single":
+            probes = 1
+        elif self.plan_mode == "search":
+            probes = 2 + self.max_probes
+        else:
+            from asrperf.load.search import SWEEP_FRACTIONS
+
+            probes = len(self.sweep_rates_rps) or 1 + len(SWEEP_FRACTIONS)
+        return probes * (self.probe_duration_s + 2 * self.timeout_s)
+
+    def validate(self) -> "ServerConfig":
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("max_batch_size", "sweep_rates_rps"):
+                if not isinstance(value, tuple) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                       for v in value):
+                    raise ConfigError(f"server.{f.name}: {value!r} is not a list of numbers")
+                continue
+            default = f.default
+            kinds = (int, float) if type(default) is float else (type(default),)
+            if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, kinds):
+                raise ConfigError(f"server.{f.name}: {value!r} is not a {type(default).__name__} (default {default!r})")
+        if self.mode not in (*SERVER_MODES, "probe"):
+            raise ConfigError(f"server.mode: '{self.mode}' is not one of search, sweep, single (or probe)")
+        if not self.max_batch_size or any(not float(b).is_integer() or b < 1 for b in self.max_batch_size):
+            raise ConfigError(f"server.max_batch_size: {list(self.max_batch_size)} must be whole numbers >= 1 "
+                              "(one cell each; 1 turns batching off)")
+        try:
+            self.load_plan()
+        except ConfigError as exc:  # the load plan's messages name asrperf load's flags: name the table's keys
+            text = str(exc)
+            for flag, key in _SERVER_FLAG_KEYS.items():
+                text = text.replace(flag, f"server.{key}")
+            raise ConfigError(text) from None
+        from asrperf.load.arrivals import OPEN_LOOP, parse_arrivals
+
+        if self.plan_mode != "single" and parse_arrivals(self.rate).kind not in OPEN_LOOP:
+            raise ConfigError(f"server.rate: '{self.rate}': mode '{self.mode}' varies an open-loop rate; use "
+                              f"{', '.join(OPEN_LOOP)} (e.g. poisson:1: only its kind and burstiness are kept)")
+        checks = (("max_wait_ms", self.max_wait_ms >= 0, "milliseconds >= 0"),
+                  ("max_queue", self.max_queue >= 1, "requests >= 1"),
+                  ("startup_timeout_s", self.startup_timeout_s > 0, "seconds > 0"))
+        for key, ok, what in checks:
+            if not ok:
+                raise ConfigError(f"server.{key}: {getattr(self, key)!r} must be {what}")
+        return self
+
+    def load_plan(self):
+        """The asrperf.load.session.LoadPlan these settings describe (validated)."""
+        from asrperf.load.arrivals import parse_arrivals
+        from asrperf.load.generator import Bounds
+        from asrperf.load.session import LoadPlan
+        from asrperf.load.slo import parse_slo
+
+        bounds = Bounds(self.probe_requests, self.probe_duration_s, self.timeout_s, self.warmup_s, self.max_in_flight)
+        return LoadPlan(mode=self.plan_mode, arrivals=parse_arrivals(self.rate),
+                        slo=parse_slo(self.slo) if self.slo else None, bounds=bounds, seed=self.seed,
+                        precision=self.precision, max_probes=self.max_probes,
+                        saturation_clients=self.saturation_clients,
+                        sweep_rates_rps=tuple(float(r) for r in self.sweep_rates_rps)).validate()
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that decides which cells run and how; hashed to identify a run for resume."""
 
@@ -187,6 +290,7 @@ class RunConfig:
     decode_tokens: int = 50  # decode scenario: tokens in the per-token curve (covers positions 1, 10, 50); 0: no curve
     chunk_ms: tuple[int, ...] = (1000,)  # streaming scenario: the chunk sizes it sweeps (audio per chunk, ms)
     streaming: StreamingConfig = StreamingConfig()  # streaming scenario: policies, clock, capacity search
+    server: ServerConfig = ServerConfig()  # server scenario: batcher settings and the load plan per cell
     timing: TimingConfig = TimingConfig()
     isolate: bool = True  # each cell in its own process
     cell_timeout_s: float = 1800.0
@@ -213,6 +317,8 @@ class RunConfig:
             _choice("scenarios", s, tuple(SCENARIOS))
         if "streaming" in self.scenarios:
             self._validate_streaming()
+        if "server" in self.scenarios:
+            self._validate_server()
         for length in self.clip_lengths_s:
             if not 0 < length <= 3600:
                 raise ConfigError(f"clip_lengths_s: {length} is not a length in seconds in (0, 3600]")
@@ -275,6 +381,19 @@ class RunConfig:
             elif not declaration(m.engine).streaming_policies:
                 streaming_policy(m.engine, "")  # the engine streams nothing: its one-line reason
 
+    def _validate_server(self) -> None:
+        if not isinstance(self.server, ServerConfig):
+            raise ConfigError("server: must be a [server] table")
+        self.server.validate()
+        if self.server.worst_case_s() >= self.cell_timeout_s:
+            raise ConfigError(f"[server]: the load plan may take {self.server.worst_case_s():g} s per cell "
+                              f"((probes) x (probe_duration_s + 2 x timeout_s)), not below cell_timeout_s "
+                              f"({self.cell_timeout_s:g} s); shorten the probes or raise cell_timeout_s (--timeout)")
+        for m in self.models:
+            if m.cuda_graphs:
+                raise ConfigError(f"{m.name}: cuda_graphs = true with scenario 'server': asrperf serve does not "
+                                  "take --cuda-graphs; drop it for the server cells")
+
     @property
     def scores_accuracy(self) -> bool:
         """Loop-mode clips repeat audio to fill the length: they have no exact reference to score."""
@@ -293,6 +412,8 @@ class RunConfig:
             d.pop("decode_tokens")
         if "streaming" not in self.scenarios:  # only the streaming scenario reads these
             d.pop("chunk_ms"), d.pop("streaming")
+        if "server" not in self.scenarios:  # only the server scenario reads it: other runs keep their ids
+            d.pop("server")
         for m in d["models"]:  # baseline options are left out: runs from before they existed keep their ids
             for key, base in dataclasses.asdict(VariantOptions()).items():
                 if m[key] == base:
@@ -340,14 +461,14 @@ def _check_types(table: dict[str, Any], cls: type, where: str) -> dict[str, Any]
 
 def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
     """Build a validated RunConfig from a TOML-shaped dict: [run], [source], [timing], [[models]]."""
-    check_keys(data, {"run", "source", "timing", "models", "streaming"}, where)
-    for section in ("run", "source", "timing", "streaming"):
+    check_keys(data, {"run", "source", "timing", "models", "streaming", "server"}, where)
+    for section in ("run", "source", "timing", "streaming", "server"):
         if not isinstance(data.get(section, {}), dict):
             raise ConfigError(f"{where}: '{section}' must be a table ([{section}])")
     if not isinstance(data.get("models", []), list):
         raise ConfigError(f"{where}: 'models' must be a list of tables ([[models]])")
     run = dict(data.get("run", {}))
-    check_keys(run, _fields(RunConfig) - {"models", "source", "timing", "streaming"}, f"{where} [run]")
+    check_keys(run, _fields(RunConfig) - {"models", "source", "timing", "streaming", "server"}, f"{where} [run]")
     run = _check_types(run, RunConfig, f"{where} [run]")
     timing = data.get("timing", {})
     check_keys(timing, _fields(TimingConfig), f"{where} [timing]")
@@ -366,9 +487,12 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
     streaming = data.get("streaming", {})
     check_keys(streaming, _fields(StreamingConfig), f"{where} [streaming]")
     streaming = _check_types(streaming, StreamingConfig, f"{where} [streaming]")
+    server = data.get("server", {})
+    check_keys(server, _fields(ServerConfig), f"{where} [server]")
+    server = _check_types(server, ServerConfig, f"{where} [server]")
     try:
         cfg = RunConfig(models=tuple(models), source=source, timing=TimingConfig(**timing),
-                        streaming=StreamingConfig(**streaming), **run)
+                        streaming=StreamingConfig(**streaming), server=ServerConfig(**server), **run)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     return cfg.validate()
@@ -409,4 +533,6 @@ def dump_config(cfg: RunConfig) -> str:
     source = d.pop("source")
     timing = d.pop("timing")
     streaming = d.pop("streaming")
-    return tomli_w.dumps({"run": d, "source": source, "timing": timing, "streaming": streaming, "models": models})
+    server = d.pop("server")
+    return tomli_w.dumps({"run": d, "source": source, "timing": timing, "streaming": streaming, "server": server,
+                          "models": models})

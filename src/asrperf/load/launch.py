@@ -3,6 +3,8 @@
 The child gets `--host 127.0.0.1 --port 0 --port-file F`; it writes F once it accepts
 connections, so the parent never races its startup (loading a model can take minutes). Stopping
 sends SIGTERM (the server drains in-flight requests) and kills only after `stop_timeout_s`.
+With `die_with_parent` (Linux), the kernel sends the child SIGTERM when its parent dies, so a
+parent killed with SIGKILL (a cell past its timeout) still leaves no server behind.
 """
 
 from __future__ import annotations
@@ -45,16 +47,35 @@ def asrperf_serve_argv(serve_args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "asrperf", "serve", *serve_args]
 
 
+def _parent_death_signal():
+    """A preexec_fn asking the kernel for SIGTERM when the parent dies (Linux prctl); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return arm
+
+
 @contextmanager
 def server_process(command: Sequence[str], startup_timeout_s: float = 900.0, stop_timeout_s: float = 90.0,
-                   env: dict[str, str] | None = None) -> Iterator[RunningServer]:
+                   env: dict[str, str] | None = None, die_with_parent: bool = False) -> Iterator[RunningServer]:
     """Start `command` (a server accepting --host/--port/--port-file), yield it once it listens."""
     with tempfile.TemporaryDirectory(prefix="asrperf-serve-") as tmp:
         port_file, log_path = Path(tmp) / "port", Path(tmp) / "server.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen([*command, "--host", LOOPBACK, "--port", "0", "--port-file", str(port_file)],
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, **(env or {})})
+                                    env={**os.environ, **(env or {})},
+                                    preexec_fn=_parent_death_signal() if die_with_parent else None)
         server = RunningServer("", proc, log_path)
         try:
             deadline = time.monotonic() + startup_timeout_s

@@ -180,3 +180,12 @@ def ratio_of_means_ci(a: Sequence[float], b: Sequence[float], n_boot: int = BOOT
                       seed: int = BOOTSTRAP_SEED) -> RatioCI:
     """mean(b) / mean(a); throughput = batch / mean latency, so its change is the inverse of this."""
     return _ratio_ci(a, b, np.mean, "mean", n_boot, seed)
+
+
+def ratio_of_quantiles_ci(a: Sequence[float], b: Sequence[float], q: float, n_boot: int = BOOTSTRAP_RESAMPLES,
+                          seed: int = BOOTSTRAP_SEED) -> RatioCI:
+    """quantile_q(b) / quantile_q(a) (e.g. q = 0.99 for p99 latency), each side resampled on its own."""
+    def stat(x: np.ndarray, axis: int | None = None) -> np.ndarray:
+        return np.quantile(x, q, axis=axis)
+
+    return _ratio_ci(a, b, stat, f"p{100 * q:g}", n_boot, seed)

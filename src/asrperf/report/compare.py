@@ -28,7 +28,8 @@ from asrperf.report.tables import MISSING, contention_note, md_escape
 # what identifies a cell without its run; "model_name" is the model as configured (the display
 # label may change between runs), "weights_requested" is known even for a cell that failed to load
 IDENTITY = ("model_name", "engine", "dtype", "weights_requested", "clip_length_s", "batch_size", "device", "threads",
-            "scenario", "variant", "chunk_ms")  # chunk_ms: streaming cells only (None elsewhere)
+            "scenario", "variant", "chunk_ms",  # chunk_ms: streaming cells only (None elsewhere)
+            "server_setup")  # server cells only: batcher settings, load plan and SLO (report/serving_compare.py)
 ENV_KEYS = ("hostname", "cpu_model", "usable_cores", "memory_bytes", "gpus", "platform", "python", "asrperf_version",
             "asrperf_git_commit")
 REGRESSION, IMPROVEMENT = "regression", "improvement"
@@ -115,6 +116,9 @@ METHODS = [
     "WER, CER: corpus-level after Whisper English normalisation; change = B - A in points; 95% CI: paired bootstrap "
     "over clips (both runs scored on the same resample); threshold relative to A's WER",
     "peak RSS, energy: one value per cell, shown as a plain change and 'not tested'",
+    "server cells: max sustainable rate (ratio, range from the searches' brackets), p99 and goodput at the highest "
+    "offered rate both probed within 10% (bootstrap ratio of p99s; Newcombe interval), WER of the served transcripts "
+    "(paired); see report/serving_compare.py",
     "verdict: regression/improvement only when the CI excludes no change and the change exceeds the threshold; "
     "'within threshold': CI excludes no change but the change is smaller; 'within noise': CI includes no change",
 ]
@@ -166,7 +170,10 @@ def _load(ref: RunRef) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, 
         env = next(r["env"] for r in store.runs() if r["run_id"] == ref.run_id)
         rows = store.rows(ref.run_id)
         samples = {r["cell_key"]: store.samples(ref.run_id, r["cell_key"]) for r in rows}
-    return env, rows, samples
+    from asrperf.load.cell import fold_load_run
+
+    rows = fold_load_run(rows)  # an `asrperf load` run: one cell per plan, its probes inside
+    return env, rows, {**samples, **{r["cell_key"]: [] for r in rows if r["cell_key"] not in samples}}
 
 
 def identity(row: dict[str, Any]) -> tuple:
@@ -180,7 +187,8 @@ def label(row: dict[str, Any]) -> str:
     batch = "searched" if row.get("scenario") == "max_throughput" else row.get("batch_size")
     return (f"{row['model']} ({row['engine']}, {row['dtype']}, {row.get('weights', row.get('weights_requested'))}"
             f"{variant}) {row['device']} t{row['threads']} {row['clip_length_s']:g} s b{batch} {row['scenario']}"
-            + (f" {row['chunk_ms']} ms chunks" if row.get("chunk_ms") else ""))
+            + (f" {row['chunk_ms']} ms chunks" if row.get("chunk_ms") else "")
+            + (f" [{row['server_setup']}]" if row.get("server_setup") else ""))
 
 
 def verdict(change: float, ci: tuple[float, float], null: float, exceeds: bool, higher_is_worse: bool) -> str:
@@ -284,6 +292,12 @@ def compare_cells(ra: dict, rb: dict, sa: list[float], sb: list[float], threshol
                                        lambda r: r.get("finalization_missing_reason") or r.get("capacity_missing_reason")
                                        or "not recorded"))
         cell.metrics += _accuracy(ra, rb, threshold, cell.notes)
+    elif ra.get("scenario") == "server":  # load probes inside the cell: rate, p99 and goodput, served WER
+        from asrperf.report.serving_compare import server_metrics
+
+        cell.metrics += server_metrics(ra, rb, threshold, cell.notes)
+        if ra.get("transcripts") or rb.get("transcripts"):
+            cell.metrics += _accuracy(ra, rb, threshold, cell.notes)
     else:
         cell.metrics += _speed(ra, rb, sa, sb, threshold, cell.notes)
         cell.n_calls = (len(sa), len(sb)) if sa and sb else None

@@ -109,6 +109,15 @@ def _streaming_tables_html(rows: list[dict[str, Any]]) -> str:
     return "<h2>Streaming</h2>\n" + "".join(table_html(t) for t in tables) if tables else ""
 
 
+def serving_section_html(rows: list[dict[str, Any]]) -> str:
+    """The serving section (max rate under the SLO per configuration); "" without server rows.
+    Its plot is drawn with the others (report/serving_plots.py)."""
+    from asrperf.report.serving_tables import serving_tables
+
+    tables = serving_tables(rows)
+    return "<h2>Serving under load</h2>\n" + "".join(table_html(t) for t in tables) if tables else ""
+
+
 def _failed_html(rows: list[dict[str, Any]]) -> str:
     failed = [r for r in rows if r.get("status") != "ok"]
     if not failed:
@@ -182,6 +191,7 @@ def render_html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], plots: l
         "<h2>Results</h2>\n", tables,
         _profile_tables_html(rows),
         _streaming_tables_html(rows),
+        serving_section_html(rows),
         "<h2>Busy-machine guard</h2>\n", _contended_html(rows),
         _recommendations_html(rows, thresholds, allow_contended),
         "<h2>Plots</h2>\n", "".join(_plot_html(p) for p in plots),

@@ -400,10 +400,12 @@ KINDS: tuple[Callable[[list[dict[str, Any]]], list[Plot]], ...] = (
 
 def make_plots(rows: Iterable[dict[str, Any]]) -> list[Plot]:
     """Every figure kind for these rows, in report order; absent data gives a Plot with `missing` set."""
-    from asrperf.report.streaming_plots import STREAMING_KINDS  # built on this module's helpers
+    from asrperf.report.serving_plots import SERVING_KINDS  # built on this module's helpers
+    from asrperf.report.streaming_plots import STREAMING_KINDS
 
     rows = list(rows)
     kinds = KINDS + (STREAMING_KINDS if any(r.get("scenario") == "streaming" for r in rows) else ())
+    kinds += SERVING_KINDS if any(r.get("scenario") == "server" for r in rows) else ()
     return [p for kind in kinds for p in kind(rows)]
 
 

@@ -322,6 +322,10 @@ def _device_recommendations(device: str, rows: list[Row], th: Thresholds) -> lis
            _edge(device, b1, longest, th, wer_txt)]
     from asrperf.report.streaming_recommend import live_captions  # it builds on this module
 
+    from asrperf.report.serving_recommend import serving
+
+    served = serving(device, rows, th)
+    out += [served] if served is not None else []
     live = live_captions(device, rows, th)
     if live is None:
         return [realtime, *out]

@@ -129,7 +129,8 @@ class Streaming(Section):
 
 @dataclass(frozen=True)
 class Server(Section):
-    """A load probe against a server (asrperf load, the server scenario): one row per offered rate."""
+    """A load probe against a server (asrperf load: one row per probe, one per result), or a server
+    scenario cell (asrperf run: one row per cell, its answer probe's figures, every probe inside)."""
 
     name: ClassVar[str] = "server"
 
@@ -234,6 +235,14 @@ class Server(Section):
     n_probes: int | None = doc("probes run")
     note: str | None = doc("a sentence on the result")
     knee_rate_rps: float | None = doc("the sweep's knee: where latency starts to climb")
+    server_setup: str | None = doc("server cell: batcher settings, load plan and SLO in one line (compare matches on it)")
+    server_probes: list | None = doc("server cell: every probe's row (metrics and request records), in order")
+    answer_probe_index: int | None = doc("server cell: the probe whose figures the row carries (max rate, knee or the probe)")
+    # offline_wer / offline_transcripts (streaming section): server cells score the offline transcripts on the same requests as wer
+    served_offline_match_share: float | None = doc("share of answered requests whose transcript equals the same engine's offline one")
+    server_startup_s: float | None = doc("server cell: seconds from starting the server to it accepting requests (model load)")
+    server_exit_code: int | None = doc("server cell: the server's exit code after SIGTERM (0: drained and stopped)")
+    server_threads: int | None = doc("server cell: CPU threads the server's engine ran with")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ def expand(cfg: RunConfig) -> list[Cell]:
     """All cells, grouped by model so a run's table fills model by model; threads 0 = all usable cores.
 
     Each scenario says which batch sizes it has cells for (`Scenario.batch_sizes`): latency one per
-    configured size, max_throughput one searched cell, profile and decode the smallest size only;
+    configured size, max_throughput one searched cell, profile and decode the smallest size only,
+    server one per `[server] max_batch_size`;
     and which chunk sizes (`Scenario.chunk_sizes_ms`): streaming each of `chunk_ms`, the others none.
     """
     from asrperf.scenarios import SCENARIOS
@@ -51,7 +52,7 @@ def expand(cfg: RunConfig) -> list[Cell]:
     threads = sorted({t or usable_cores() for t in cfg.threads})
     cells = []
     for m, d, t, s in itertools.product(cfg.models, cfg.devices, threads, cfg.scenarios):
-        batches = SCENARIOS[s].batch_sizes(cfg.batch_sizes)
+        batches = SCENARIOS[s].cell_batch_sizes(cfg)
         chunks = SCENARIOS[s].chunk_sizes_ms(cfg.chunk_ms)
         cells += [Cell(m, d, t, length, b, s, c) for c in chunks for b in batches for length in cfg.clip_lengths_s]
     return cells

@@ -220,6 +220,7 @@ def run(
         # the stream-capacity search (N concurrent real-time streams) runs once per model and chunk size
         streaming=cfg.streaming if "streaming" in cfg.scenarios else None,
         capacity_length_s=min(cfg.clip_lengths_s),
+        server=cfg.server if "server" in cfg.scenarios else None,
     )
     run_id = cfg.identity()
     cells = expand(cfg)

@@ -21,7 +21,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from asrperf.config import ModelConfig, StreamingConfig, TimingConfig
+from asrperf.config import ModelConfig, ServerConfig, StreamingConfig, TimingConfig
 from asrperf.data.clips import ClipCache
 from asrperf.engines.base import TIMED_REGION, quiet_library_logs
 from asrperf.errors import AsrperfError
@@ -60,6 +60,9 @@ class CellPayload:
         settings = dict(d["settings"])
         if settings.get("streaming") is not None:
             settings["streaming"] = StreamingConfig(**settings["streaming"])
+        if settings.get("server") is not None:  # JSON lists back to the config's tuples
+            settings["server"] = ServerConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                 for k, v in settings["server"].items()})
         return cls(cell=cell, cache_dir=d["cache_dir"], clip_key=d["clip_key"], n_clips=d["n_clips"],
                    timing=TimingConfig(**d["timing"]), accuracy=d["accuracy"], isolated=d["isolated"],
                    settings=ScenarioSettings(**settings), plugins=tuple(d["plugins"]),

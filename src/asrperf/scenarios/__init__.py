@@ -11,6 +11,7 @@ from asrperf.scenarios.decode import DecodeScenario
 from asrperf.scenarios.latency import LatencyScenario
 from asrperf.scenarios.max_throughput import MaxThroughputScenario
 from asrperf.scenarios.profile import ProfileScenario
+from asrperf.scenarios.server import ServerScenario
 from asrperf.scenarios.streaming import StreamingScenario
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -30,5 +31,5 @@ def plugin_modules() -> tuple[str, ...]:
 
 
 for _s in (LatencyScenario(), MaxThroughputScenario(), ProfileScenario(), DecodeScenario(), StreamingScenario(),
-           DatasetScenario()):
+           DatasetScenario(), ServerScenario()):
     register(_s)

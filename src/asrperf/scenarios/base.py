@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from asrperf.config import ModelConfig, StreamingConfig, TimingConfig
+    from asrperf.config import ModelConfig, RunConfig, ServerConfig, StreamingConfig, TimingConfig
     from asrperf.data.clips import Clip
     from asrperf.engines.base import Engine
     from asrperf.measure.energy import EnergyReader
@@ -33,6 +33,7 @@ class ScenarioSettings:
     decode_curve_length_s: float  # decode: the clip length whose cell measures the curve
     streaming: StreamingConfig | None = None  # streaming: policies, clock, capacity search (None: not a streaming run)
     capacity_length_s: float = 0.0  # streaming: the clip length whose cells search the stream capacity
+    server: ServerConfig | None = None  # server: batcher settings and load plan (None: not a server run)
 
 
 @dataclass
@@ -80,6 +81,10 @@ class Scenario:
     def batch_sizes(self, configured: tuple[int, ...]) -> tuple[int, ...]:
         """The batch sizes it has cells for, given the configured ones (default: each of them)."""
         return configured
+
+    def cell_batch_sizes(self, cfg: RunConfig) -> tuple[int, ...]:
+        """The batch sizes of its cells in run `cfg` (default: `batch_sizes` of the configured ones)."""
+        return self.batch_sizes(cfg.batch_sizes)
 
     def chunk_sizes_ms(self, configured: tuple[int, ...]) -> tuple[int, ...]:
         """The streaming chunk sizes it has cells for (default: none, the single value 0)."""

@@ -33,10 +33,19 @@ def serve_command(
     api_key_env: str = typer.Option("", help="Require 'Authorization: Bearer $NAME' (constant-time compare, 401)."),
     drain_timeout_s: float = typer.Option(60.0, help="On SIGTERM/SIGINT, time in-flight requests get to finish."),
     cache_dir: Path = typer.Option(Path(".asrperf-cache"), help="Where converted weights are cached."),
+    plugin: list[str] = typer.Option([], "--plugin", help="Import this module first (one that registers an engine; repeatable)."),
 ) -> None:
     """Serve one model over HTTP: OpenAI's POST /v1/audio/transcriptions, /health, /metrics."""
+    import importlib
+
     from asrperf.config import ModelConfig
     from asrperf.run.plan import usable_cores
+
+    for module in plugin:  # before the engine name is checked: the module registers it
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"--plugin {module}: cannot import it ({exc}); check PYTHONPATH") from None
     from asrperf.serve.server import serve
     from asrperf.serve.settings import ServerSettings
 
