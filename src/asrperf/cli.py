@@ -7,6 +7,7 @@ Nothing imports this module.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -23,8 +24,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 WAIT_QUIET_DEFAULT_S = 600.0  # `run --wait-quiet` without SECONDS: wait at most 10 minutes per cell
 console = Console(stderr=True)
-# tables are wide (a column per model): when piped to a file, do not wrap them at 80 columns
-out = Console() if Console().is_terminal else Console(width=200)
+# tables follow the terminal (or $COLUMNS); piped to a file without COLUMNS, they are not wrapped at 80 columns
+out = Console() if Console().is_terminal or os.environ.get("COLUMNS") else Console(width=200)
 
 
 def _floats(text: str | None, key: str) -> tuple[float, ...] | None:
@@ -234,16 +235,22 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
             if r.get("trace_path"):
                 console.print(f"trace (open in chrome://tracing or Perfetto): {escape(r['trace_path'])}")
     else:
-        tables = (study_tables(rows) + profile_tables(rows) + streaming_tables(rows)
-                  + [recommendations_table(recommend(rows, limits, allow_contended=allow_contended))])
+        recs = recommend(rows, limits, allow_contended=allow_contended)
+        tables = (study_tables(rows) + profile_tables(rows) + streaming_tables(rows) + [recommendations_table(recs)])
     env_text = [line for r, e in envs for line in environment_lines(e, r)]
     if fmt == "markdown":
-        text = to_markdown(tables) + "\n" + "\n".join(f"- {md_escape(line.strip(), cell=False)}" for line in env_text) + "\n"
+        md_tables = tables if scenarios else tables[-1:] + tables[:-1]  # the recommendations first
+        text = to_markdown(md_tables) + "\n" + "\n".join(f"- {md_escape(line.strip(), cell=False)}" for line in env_text) + "\n"
         if output:
             output.write_text(text)
         else:
             out.print(text, markup=False, highlight=False, soft_wrap=True)  # markdown rows must stay one line
         return
+    if not scenarios:  # the answer first: what ran, the recommendations, what was not measured
+        from asrperf.report.summary import render_answer_rich
+
+        out.print(render_answer_rich(rows, [r for r in runs if run_id == "all" or r["run_id"] == rid], recs))
+        out.print()
     out.print(render_rich(tables))
     for line in env_text:
         out.print(line, style="dim", markup=False, highlight=False)
