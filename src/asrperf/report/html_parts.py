@@ -45,7 +45,7 @@ table { border-collapse: collapse; margin: .4em 0; font-size: 12.5px; }
 th, td { border: 1px solid #d0d7de; padding: .2em .45em; vertical-align: top; text-align: left;
          overflow-wrap: anywhere; }
 thead th { background: #f6f8fa; }
-table.study { table-layout: fixed; width: 100%; } table.study tbody th { width: 17%; }
+table.study { table-layout: fixed; width: 100%; } table.study thead th:first-child { width: 17%; }
 tbody th { font-weight: 600; background: #fafbfc; }
 tr.prov td, tr.prov th { background: #eef4fb; }
 tr.contended td { background: #fff4e5; }

@@ -125,7 +125,7 @@ def _legend(ax, where: str = "lower center", ncol: int | None = None) -> None:
 
 def _no_comparison(name: str, title: str, reason: str) -> Plot:
     """A plot left out because it would compare nothing (one point, one tick); the table has the figure."""
-    return Plot(name, title, missing=f"not drawn: {reason}; the tables above give the figure")
+    return Plot(name, title, missing=f"not drawn: {reason}; the tables give the figures")
 
 
 # ---------------------------------------------------------------------------------------------
