@@ -32,14 +32,14 @@ dl.measured { display: grid; grid-template-columns: max-content 1fr; gap: 0 .8em
               font-size: 13px; } dl.measured dt { font-weight: 600; color: #57606a; } dl.measured dd { margin: 0; }
 .answer { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 1.2em; align-items: start; }
 .answer.single { grid-template-columns: minmax(0, 1fr); }
-.answer h2 { margin-top: .3em; }
+.answer h2 { margin-top: .3em; } .hero h3 { margin-top: .5em; }
 ol.recs { list-style: none; padding: 0; margin: 0; }
 ol.recs li { padding: .25em 0; border-bottom: 1px solid #eaeef2; }
 ol.recs .scenario { font-weight: 600; } ol.recs .none { color: #9a6700; }
 ol.recs .why { color: #57606a; font-size: 12.5px; display: -webkit-box; -webkit-line-clamp: 2;
                -webkit-box-orient: vertical; overflow: hidden; }
-ul.gaps { margin: .2em 0; padding-left: 1.1em; font-size: 12.5px; } ul.gaps code { background: #f6f8fa; }
-.hero img { max-width: 100%; max-height: 50vh; height: auto; width: auto; display: block; }
+ul.gaps { margin: .2em 0; padding-left: 1.1em; font-size: 12px; line-height: 1.3; } ul.gaps code { background: #f6f8fa; }
+.hero img { max-width: 100%; max-height: 42vh; height: auto; width: auto; display: block; }
 .scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: .4em 0; font-size: 12.5px; }
 th, td { border: 1px solid #d0d7de; padding: .2em .45em; vertical-align: top; text-align: left;
@@ -50,7 +50,7 @@ tbody th { font-weight: 600; background: #fafbfc; }
 tr.prov td, tr.prov th { background: #eef4fb; }
 tr.contended td { background: #fff4e5; }
 td.num { font-variant-numeric: tabular-nums; }
-table.cells { width: 100%; } table.cells th.name { min-width: 10em; }
+table.cells { width: 100%; } table.cells th.name { min-width: 10em; } table.cells thead th { overflow-wrap: normal; }
 table.cells td.num { text-align: right; overflow-wrap: normal; }
 th.sortable { cursor: pointer; user-select: none; } th.sortable[aria-sort=ascending]::after { content: " ▲"; }
 th.sortable[aria-sort=descending]::after { content: " ▼"; }

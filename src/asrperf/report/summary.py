@@ -100,23 +100,29 @@ def not_measured(rows: Iterable[Row], runs: Iterable[Mapping[str, Any]]) -> list
     gaps: list[Gap] = []
     models = list(dict.fromkeys(r.get("model_name") or r["model"] for r in ok))
     lengths = sorted({float(r["clip_length_s"]) for r in ok})
+    unrun: dict[str, list[str]] = {}  # engine -> the measured models it runs and was not run on
+    baseline_only: list[str] = []
     for name in models:
         mine = [r for r in ok if (r.get("model_name") or r["model"]) == name]
         ran = {r["engine"] for r in mine}
         family = _family(str(name))
         for decl in ENGINES.values():
-            if decl.name in ran or not decl.runs(family) or decl.plugin_module:
-                continue
-            installed, where = _installed(decl, runs)
-            if installed:
-                gaps.append(Gap(f"engine {decl.name} ({decl.describe or decl.name}) is installed {where} and "
-                                f"runs {name}, but was not run",
-                                f"asrperf run -m {name} -e {decl.name}"))
+            if decl.name not in ran and decl.runs(family) and not decl.plugin_module:
+                unrun.setdefault(decl.name, []).append(str(name))
         if all(is_baseline(r) for r in mine):
-            device = mine[0]["device"]
-            gaps.append(Gap(f"no optimization variant of {name} was tried (other dtypes, int8, attention, "
-                            "compile; only the fp32 baseline ran)",
-                            f"asrperf optimize {name} --device {device} --length {lengths[-1]:g}"))
+            baseline_only.append(str(name))
+    for engine, names in unrun.items():
+        decl = ENGINES[engine]
+        installed, where = _installed(decl, runs)
+        if installed:
+            gaps.append(Gap(f"engine {engine} is installed {where} and runs {', '.join(names)}, but was not run",
+                            "asrperf run " + " ".join(f"-m {n}" for n in names) + f" -e {engine}"))
+    if baseline_only:
+        device = next(r["device"] for r in ok if (r.get("model_name") or r["model"]) == baseline_only[0])
+        each = " (one model per call)" if len(baseline_only) > 1 else ""
+        gaps.append(Gap(f"no optimization variant (other dtypes, int8, attention, compile) was tried for "
+                        f"{', '.join(baseline_only)}: only the fp32 baseline ran",
+                        f"asrperf optimize {baseline_only[0]} --device {device} --length {lengths[-1]:g}{each}"))
     devices = {r["device"] for r in ok}
     gpus = [g for run in runs for g in (run.get("env") or {}).get("gpus") or []]
     if not any(d.startswith("cuda") for d in devices):
