@@ -20,6 +20,7 @@ from asrperf.report.page_sections import SECTIONS, PageSection, register_section
 from asrperf.report.plots import make_plots
 from asrperf.report.summary import not_measured
 from asrperf.results.store import Store
+from asrperf.run.coverage import engine_offers
 
 CHROMIUM = Path("/usr/bin/chromium")
 INJECTED = "<script>alert(1)</script>"
@@ -266,7 +267,7 @@ def test_legends_sit_outside_every_axes(monkeypatch):
 
 def test_not_measured_names_engines_variants_and_the_gpu(tmp_path):
     rows = _five_rows()
-    gaps = not_measured(rows, [{"run_id": "run1", "env": ENV}])
+    gaps = not_measured(rows, [{"run_id": "run1", "env": ENV}], engine_offers(rows))
     text = [f"{g.what}: {g.command}" for g in gaps]
     variant = next(t for t in text if t.startswith("no optimization variant"))
     assert "whisper-tiny.en, whisper-base.en" in variant and "asrperf optimize whisper-tiny.en --device cpu" in variant
@@ -278,7 +279,8 @@ def test_not_measured_names_engines_variants_and_the_gpu(tmp_path):
     assert not any("engine ct2" in t for t in text)
     with_ct2 = {**ENV, "packages": {**ENV["packages"], "ctranslate2": "4.5", "faster-whisper": "1.1"},
                 "gpus": [{"name": "NVIDIA H200"}]}
-    text = [f"{g.what}: {g.command}" for g in not_measured(rows, [{"run_id": "run1", "env": with_ct2}])]
+    gaps = not_measured(rows, [{"run_id": "run1", "env": with_ct2}], engine_offers(rows))
+    text = [f"{g.what}: {g.command}" for g in gaps]
     assert any("engine ct2" in t and "asrperf run -m whisper-tiny.en -m whisper-base.en" in t and t.endswith("-e ct2")
                for t in text)
     assert not any("-e ct2" in t and "wav2vec2-base" in t for t in text)  # ct2 runs Whisper only

@@ -248,8 +248,10 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
         return
     if not scenarios:  # the answer first: what ran, the recommendations, what was not measured
         from asrperf.report.summary import render_answer_rich
+        from asrperf.run.coverage import engine_offers
 
-        out.print(render_answer_rich(rows, [r for r in runs if run_id == "all" or r["run_id"] == rid], recs))
+        out.print(render_answer_rich(rows, [r for r in runs if run_id == "all" or r["run_id"] == rid], recs,
+                                     engine_offers(rows)))
         out.print()
     out.print(render_rich(tables))
     for line in env_text:
@@ -278,6 +280,7 @@ def _write_html(rows: list[dict], runs: list[dict], html: Path | None, plots_dir
                 limits: object, allow_contended: bool = False) -> None:
     from asrperf.report.html import render_html
     from asrperf.report.plots import make_plots, write_pngs
+    from asrperf.run.coverage import engine_offers
 
     plots = make_plots(rows)
     for p in plots:
@@ -288,7 +291,8 @@ def _write_html(rows: list[dict], runs: list[dict], html: Path | None, plots_dir
         console.print(f"wrote {len(written)} plot(s) to {plots_dir}", markup=False, highlight=False)
     if html:
         html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(render_html(rows, runs, plots, thresholds=limits, allow_contended=allow_contended),
+        html.write_text(render_html(rows, runs, plots, thresholds=limits, allow_contended=allow_contended,
+                                    engine_offers=engine_offers(rows)),
                         encoding="utf-8")
         console.print(f"wrote {html} ({len(rows)} cell(s), {sum(p.png is not None for p in plots)} plot(s))",
                       markup=False, highlight=False)

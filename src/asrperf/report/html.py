@@ -18,14 +18,14 @@ provenance is one click away in the sortable cells table.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from asrperf.report.cells_table import row_anchor
 from asrperf.report.html_parts import CSS, SCRIPT, definitions_html, e, plot_html, table_html
 from asrperf.report.page_sections import SECTIONS, PageData, section_plots
 from asrperf.report.plots import Plot, make_plots
-from asrperf.report.summary import measured_lines, not_measured
+from asrperf.report.summary import EngineOffer, measured_lines, not_measured
 
 __all__ = ["render_html", "table_html"]
 
@@ -58,36 +58,38 @@ def _recs_html(recs: list[Any]) -> str:
             f"{table_html(recommendations_table(recs))}</details>\n")
 
 
-def _gaps_html(rows: list[Mapping[str, Any]], runs: list[Mapping[str, Any]]) -> str:
-    gaps = not_measured(rows, runs)
+def _gaps_html(data: PageData, offers: Sequence[EngineOffer]) -> str:
+    gaps = not_measured(data.rows, data.runs, offers)
     if not gaps:
         return ""
     items = "".join(f"<li>{e(g.what)}: <code>{e(g.command)}</code></li>" for g in gaps)
     return (f'<h3 id="not-measured">Not measured (could change the answer)</h3><ul class="gaps">{items}</ul>\n')
 
 
-def _first_screen(data: PageData, recs: list[Any]) -> str:
+def _first_screen(data: PageData, recs: list[Any], offers: Sequence[EngineOffer]) -> str:
     measured = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in measured_lines(data.rows, data.runs))
     pareto = next((p for p in data.plots if p.name.startswith("wer-vs-latency") and p.png is not None), None)
     if pareto is not None:
         data.shown.add(pareto.name)
-        side = f'<div class="hero">{plot_html(pareto)}{_gaps_html(data.rows, data.runs)}</div>'
+        side = f'<div class="hero">{plot_html(pareto)}{_gaps_html(data, offers)}</div>'
     else:
         absent = next((p for p in data.plots if p.name.startswith("wer-vs-latency")), None)
         if absent is not None:
             data.shown.add(absent.name)
-        side = (f'<div class="hero">{plot_html(absent) if absent else ""}{_gaps_html(data.rows, data.runs)}</div>')
+        side = (f'<div class="hero">{plot_html(absent) if absent else ""}{_gaps_html(data, offers)}</div>')
     return (f'<dl class="measured">{measured}</dl>\n<div class="answer">'
             '<div><h2 id="recommendations">Recommendations</h2><p class="note">Among the configurations measured '
             'here only; each links to the cell behind it.</p>' + _recs_html(recs) + f"</div>{side}</div>\n")
 
 
 def render_html(rows: list[Mapping[str, Any]], runs: list[Mapping[str, Any]], plots: list[Plot] | None = None,
-                title: str = "asrperf report", thresholds: Any = None, allow_contended: bool = False) -> str:
+                title: str = "asrperf report", thresholds: Any = None, allow_contended: bool = False,
+                engine_offers: Sequence[EngineOffer] = ()) -> str:
     """The whole report page for `rows` and the `runs` they came from (Store.rows() / Store.runs()).
 
     `plots` defaults to make_plots(rows) (pass them in to reuse the PNGs); `thresholds` go to the
-    recommendations (asrperf.report.recommend.Thresholds; None: its defaults).
+    recommendations (asrperf.report.recommend.Thresholds; None: its defaults); `engine_offers` (from
+    asrperf.run.coverage.engine_offers) let "not measured" name the installed engines that were not run.
     """
     rows = list(rows)
     data = PageData(rows, list(runs), make_plots(rows) if plots is None else list(plots))
@@ -95,7 +97,7 @@ def render_html(rows: list[Mapping[str, Any]], runs: list[Mapping[str, Any]], pl
     n_failed = sum(r.get("status") != "ok" for r in rows)
     n_contended = sum(r.get("status") == "ok" and r.get("contended") is True for r in rows)
     run_ids = ", ".join(str(r["run_id"]) for r in data.runs) or "none"
-    first = _first_screen(data, recs)
+    first = _first_screen(data, recs, engine_offers)
     sections, absent, claimed = [], [], set()
     for s in SECTIONS:
         mine = section_plots(s, data.plots)

@@ -1,15 +1,16 @@
 """The answer first: what was measured, what was not (and could change the answer), in a few lines.
 
-Shared by the HTML page's first screen and the terminal report. Pure data in (rows and the runs'
-environments); the engine declarations (engines/capabilities.py) and the catalog say which
-engines could have run a measured model. Nothing here imports an engine's library: whether one
-is installed is read from the run's recorded package versions, else looked up with find_spec.
+Shared by the HTML page's first screen and the terminal report. Pure data in: rows, the runs'
+environments, and the engines that could run the measured models (`EngineOffer`s, built from the
+engine declarations by run/coverage.py: report/ does not import engines). Nothing here imports an
+engine's library: whether one is installed is read from the run's recorded package versions,
+else looked up with find_spec.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,15 @@ class Gap:
 
     what: str  # "engine ct2 is installed and runs whisper-tiny.en, but was not run"
     command: str  # "asrperf run -m whisper-tiny.en -e ct2"
+
+
+@dataclass(frozen=True)
+class EngineOffer:
+    """An engine that runs some of the measured models (from its declaration; run/coverage.py)."""
+
+    engine: str
+    models: tuple[str, ...]  # measured model names whose family it runs
+    requires: tuple[str, ...]  # import names of the libraries it needs
 
 
 def _ok(rows: Iterable[Row]) -> list[Row]:
@@ -64,35 +74,27 @@ def measured_lines(rows: Iterable[Row], runs: Iterable[Mapping[str, Any]]) -> li
     ]
 
 
-def _family(model_name: str) -> str:
-    from asrperf.engines.catalog import CATALOG
-
-    spec = CATALOG.get(model_name)
-    return spec.family if spec is not None else ""
-
-
-def _installed(decl: Any, runs: list[Mapping[str, Any]]) -> tuple[bool, str]:
+def _installed(requires: Sequence[str], runs: list[Mapping[str, Any]]) -> tuple[bool, str]:
     """Whether the engine's libraries were installed where the rows were measured (the run's recorded
     package versions), else on this machine; and where that was decided."""
     for run in runs:
         packages = (run.get("env") or {}).get("packages") or {}
-        known = [next((packages[n] for n in (m, m.replace("_", "-")) if n in packages), "?") for m in decl.requires]
+        known = [next((packages[n] for n in (m, m.replace("_", "-")) if n in packages), "?") for m in requires]
         if "?" not in known:
             return all(v is not None for v in known), "where the run was measured"
-    return all(importlib.util.find_spec(m) is not None for m in decl.requires), "on this machine"
+    return all(importlib.util.find_spec(m) is not None for m in requires), "on this machine"
 
 
-def not_measured(rows: Iterable[Row], runs: Iterable[Mapping[str, Any]]) -> list[Gap]:
+def not_measured(rows: Iterable[Row], runs: Iterable[Mapping[str, Any]],
+                 offers: Sequence[EngineOffer] = ()) -> list[Gap]:
     """What these rows leave out that could change a recommendation, each with its command.
 
-    - engines whose libraries are installed and that run a measured model's family, never run on it;
+    - engines of `offers` whose libraries are installed, never run on a model they run;
     - optimization variants (dtype, quantization, attention, compile) never tried for a model:
       `asrperf optimize` tries those that apply on the device;
     - a GPU: absent from the measuring machine, or present and not measured;
     - random weights only: no WER, so no accuracy bound was checked.
     """
-    from asrperf.engines.capabilities import ENGINES
-
     rows, runs = list(rows), list(runs)
     ok = _ok(rows)
     if not ok:
@@ -100,23 +102,20 @@ def not_measured(rows: Iterable[Row], runs: Iterable[Mapping[str, Any]]) -> list
     gaps: list[Gap] = []
     models = list(dict.fromkeys(r.get("model_name") or r["model"] for r in ok))
     lengths = sorted({float(r["clip_length_s"]) for r in ok})
-    unrun: dict[str, list[str]] = {}  # engine -> the measured models it runs and was not run on
     baseline_only: list[str] = []
+    ran: dict[str, set[str]] = {}
+    for r in ok:
+        ran.setdefault(str(r.get("model_name") or r["model"]), set()).add(r["engine"])
     for name in models:
         mine = [r for r in ok if (r.get("model_name") or r["model"]) == name]
-        ran = {r["engine"] for r in mine}
-        family = _family(str(name))
-        for decl in ENGINES.values():
-            if decl.name not in ran and decl.runs(family) and not decl.plugin_module:
-                unrun.setdefault(decl.name, []).append(str(name))
         if all(is_baseline(r) for r in mine):
             baseline_only.append(str(name))
-    for engine, names in unrun.items():
-        decl = ENGINES[engine]
-        installed, where = _installed(decl, runs)
-        if installed:
-            gaps.append(Gap(f"engine {engine} is installed {where} and runs {', '.join(names)}, but was not run",
-                            "asrperf run " + " ".join(f"-m {n}" for n in names) + f" -e {engine}"))
+    for offer in offers:
+        names = [n for n in offer.models if n in ran and offer.engine not in ran[n]]
+        installed, where = _installed(offer.requires, runs)
+        if names and installed:
+            gaps.append(Gap(f"engine {offer.engine} is installed {where} and runs {', '.join(names)}, but was not run",
+                            "asrperf run " + " ".join(f"-m {n}" for n in names) + f" -e {offer.engine}"))
     if baseline_only:
         device = next(r["device"] for r in ok if (r.get("model_name") or r["model"]) == baseline_only[0])
         each = " (one model per call)" if len(baseline_only) > 1 else ""
@@ -138,7 +137,8 @@ def not_measured(rows: Iterable[Row], runs: Iterable[Mapping[str, Any]]) -> list
     return gaps
 
 
-def render_answer_rich(rows: list[Row], runs: list[Mapping[str, Any]], recs: list[Any]):
+def render_answer_rich(rows: list[Row], runs: list[Mapping[str, Any]], recs: list[Any],
+                       offers: Sequence[EngineOffer] = ()):
     """The terminal's first screen: measured lines, the recommendations in one line each, and the gaps."""
     from rich.console import Group
     from rich.table import Table as RichTable
@@ -158,7 +158,7 @@ def render_answer_rich(rows: list[Row], runs: list[Mapping[str, Any]], recs: lis
         name = r.scenario if len(devices) == 1 else f"{r.scenario} [{r.device}]"
         t.add_row(Text(name), Text(r.choice or "—"), Text(r.why))
     parts.append(t)
-    gaps = not_measured(rows, runs)
+    gaps = not_measured(rows, runs, offers)
     if gaps:
         parts.append(Text("Not measured (could change the answer):", style="bold yellow"))
         for g in gaps:
