@@ -60,7 +60,9 @@ def measured_lines(rows: Iterable[Row], runs: Iterable[Mapping[str, Any]]) -> li
     models = _join(f"{r['model']} ({r.get('weights') or r.get('weights_requested') or '?'} weights)" for r in rows)
     engines = _join(f"{r['engine']} {r.get('variant') or r.get('dtype')}" for r in rows)
     lengths = sorted({float(r["clip_length_s"]) for r in rows})
-    batches = sorted({int(r["batch_size"]) for r in rows if r.get("batch_size") is not None})
+    batches = sorted({int(r["batch_size"]) for r in rows if r.get("batch_size") is not None
+                      and (r.get("scenario") or "latency") != "max_throughput"})  # a search row has no fixed batch
+    searched = " + batch-size search" if any(r.get("scenario") == "max_throughput" for r in rows) else ""
     scenarios = _join(r.get("scenario") or "latency" for r in rows)
     failed = sum(r.get("status") != "ok" for r in rows)
     return [
@@ -69,7 +71,7 @@ def measured_lines(rows: Iterable[Row], runs: Iterable[Mapping[str, Any]]) -> li
         ("models", models),
         ("engines", engines + f" ({scenarios})"),
         ("lengths", (", ".join(f"{x:g} s" for x in lengths) or "none") + "; batch "
-         + (", ".join(str(b) for b in batches) or "none")
+         + (", ".join(str(b) for b in batches) or "none") + searched
          + f"; {len(rows)} cell(s), {failed} failed"),
     ]
 
