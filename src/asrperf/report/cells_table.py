@@ -183,7 +183,7 @@ def cells_table_html(rows: Iterable[Row], table_id: str = "cells-table") -> str:
     for c in cells:
         attrs = "".join(f' data-{k}="{_e(v)}"' for k, v in c.filters.items())
         badges = "".join(f'<span class="badge {b.kind}" title="{_e(b.title)}">{_e(b.text)}</span>' for b in c.badges)
-        tds = "".join(f'<td class="num"' + ("" if v is None else f' data-v="{v!r}"') + f">{_e(t)}</td>" for v, t in c.values)
+        tds = "".join('<td class="num"' + ("" if v is None else f' data-v="{v!r}"') + f">{_e(t)}</td>" for v, t in c.values)
         details = "".join(f"<li>{_e(line)}</li>" for line in c.details)
         bodies.append(
             f'<tbody class="cell"{attrs}><tr id="{_e(c.anchor)}"><th scope="row" class="name">'

@@ -22,7 +22,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from asrperf.report.cells_table import row_anchor
-from asrperf.report.html_parts import CSS, SCRIPT, definitions_html, e, plot_html, table_html
+from asrperf.report.html_parts import (
+    CSS,
+    SCRIPT,
+    definitions_html,
+    e,
+    plot_html,
+    table_html,
+)
 from asrperf.report.page_sections import SECTIONS, PageData, section_plots
 from asrperf.report.plots import Plot, make_plots
 from asrperf.report.summary import EngineOffer, measured_lines, not_measured

@@ -20,7 +20,14 @@ from typing import Any
 from asrperf.report.cells_table import cells_table_html
 from asrperf.report.html_parts import e, table_html
 from asrperf.report.plots import Plot, series_label
-from asrperf.report.tables import MISSING, Table, column_label, contention_note, environment_lines, study_tables
+from asrperf.report.tables import (
+    MISSING,
+    Table,
+    column_label,
+    contention_note,
+    environment_lines,
+    study_tables,
+)
 
 Row = Mapping[str, Any]
 
