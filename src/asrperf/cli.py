@@ -7,6 +7,7 @@ Nothing imports this module.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -23,8 +24,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 WAIT_QUIET_DEFAULT_S = 600.0  # `run --wait-quiet` without SECONDS: wait at most 10 minutes per cell
 console = Console(stderr=True)
-# tables are wide (a column per model): when piped to a file, do not wrap them at 80 columns
-out = Console() if Console().is_terminal else Console(width=200)
+# tables follow the terminal (or $COLUMNS); piped to a file without COLUMNS, they are not wrapped at 80 columns
+out = Console() if Console().is_terminal or os.environ.get("COLUMNS") else Console(width=200)
 
 
 def _floats(text: str | None, key: str) -> tuple[float, ...] | None:
@@ -255,16 +256,25 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
             if r.get("trace_path"):
                 console.print(f"trace (open in chrome://tracing or Perfetto): {escape(r['trace_path'])}")
     else:
+        recs = recommend(rows, limits, allow_contended=allow_contended)
         tables = (study_tables(rows) + profile_tables(rows) + streaming_tables(rows) + serving_tables(rows)
-                  + [recommendations_table(recommend(rows, limits, allow_contended=allow_contended))])
+                  + [recommendations_table(recs)])
     env_text = [line for r, e in envs for line in environment_lines(e, r)]
     if fmt == "markdown":
-        text = to_markdown(tables) + "\n" + "\n".join(f"- {md_escape(line.strip(), cell=False)}" for line in env_text) + "\n"
+        md_tables = tables if scenarios else tables[-1:] + tables[:-1]  # the recommendations first
+        text = to_markdown(md_tables) + "\n" + "\n".join(f"- {md_escape(line.strip(), cell=False)}" for line in env_text) + "\n"
         if output:
             output.write_text(text)
         else:
             out.print(text, markup=False, highlight=False, soft_wrap=True)  # markdown rows must stay one line
         return
+    if not scenarios:  # the answer first: what ran, the recommendations, what was not measured
+        from asrperf.report.summary import render_answer_rich
+        from asrperf.run.coverage import engine_offers
+
+        out.print(render_answer_rich(rows, [r for r in runs if run_id == "all" or r["run_id"] == rid], recs,
+                                     engine_offers(rows)))
+        out.print()
     out.print(render_rich(tables))
     for line in env_text:
         out.print(line, style="dim", markup=False, highlight=False)
@@ -292,6 +302,7 @@ def _write_html(rows: list[dict], runs: list[dict], html: Path | None, plots_dir
                 limits: object, allow_contended: bool = False) -> None:
     from asrperf.report.html import render_html
     from asrperf.report.plots import make_plots, write_pngs
+    from asrperf.run.coverage import engine_offers
 
     plots = make_plots(rows)
     for p in plots:
@@ -302,7 +313,8 @@ def _write_html(rows: list[dict], runs: list[dict], html: Path | None, plots_dir
         console.print(f"wrote {len(written)} plot(s) to {plots_dir}", markup=False, highlight=False)
     if html:
         html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(render_html(rows, runs, plots, thresholds=limits, allow_contended=allow_contended),
+        html.write_text(render_html(rows, runs, plots, thresholds=limits, allow_contended=allow_contended,
+                                    engine_offers=engine_offers(rows)),
                         encoding="utf-8")
         console.print(f"wrote {html} ({len(rows)} cell(s), {sum(p.png is not None for p in plots)} plot(s))",
                       markup=False, highlight=False)

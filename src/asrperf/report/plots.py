@@ -112,9 +112,20 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _legend(ax, **kw) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", **kw)
+def legend_outside(fig, handles: list, labels: list, where: str = "lower center", ncol: int | None = None) -> None:
+    """The figure's legend outside every axes (constrained layout makes room): it never covers data."""
+    if handles:
+        fig.legend(handles, labels, loc=f"outside {where}", fontsize="small", frameon=False,
+                   ncol=ncol or (2 if len(handles) > 3 else 1))
+
+
+def _legend(ax, where: str = "lower center", ncol: int | None = None) -> None:
+    legend_outside(ax.figure, *ax.get_legend_handles_labels(), where=where, ncol=ncol)
+
+
+def _no_comparison(name: str, title: str, reason: str) -> Plot:
+    """A plot left out because it would compare nothing (one point, one tick); the table has the figure."""
+    return Plot(name, title, missing=f"not drawn: {reason}; the tables give the figures")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,6 +147,12 @@ def latency_vs_length(rows: list[dict[str, Any]], batch_size: int | None = None)
         b = min(r["batch_size"] for r in drows)
         drows = [r for r in drows if r["batch_size"] == b]
         title = f"Latency vs clip length, batch {b}"
+        lengths = sorted({r["clip_length_s"] for r in drows})
+        if len(lengths) < 2 and len(_series(drows)) < 2:
+            plots.append(_no_comparison(f"latency-vs-length-{_slug(device)}", f"{title}, {device}",
+                                        f"one clip length ({lengths[0]:g} s) and one configuration on {device}; "
+                                        "measure more with --lengths 5,15,30"))
+            continue
         fig, (ax,) = _figure()
         for i, (label, rs) in enumerate(_series(drows).items()):
             rs = sorted(rs, key=lambda r: r["clip_length_s"])
@@ -169,9 +186,20 @@ def throughput_vs_batch(rows: list[dict[str, Any]]) -> list[Plot]:
         return [_missing("throughput-vs-batch", title, "no successful latency or max_throughput cell")]
     plots = []
     for device, drows in _by_device(lat + searched).items():
-        fig, (ax,) = _figure()
         dlat = [r for r in drows if r.get("scenario", "latency") == "latency"]
         longest = max((r["clip_length_s"] for r in dlat), default=None)
+        batches = sorted({r["batch_size"] for r in dlat if r["clip_length_s"] == longest})
+        swept = any(len({r["batch_size"] for r in rs}) > 1
+                    for rs in _series(r for r in dlat if r["clip_length_s"] == longest).values())
+        probed = any(sum(p.get("status") == "ok" for p in r["max_throughput_probes"]) > 1
+                     for r in drows if r.get("scenario") == "max_throughput")
+        if not swept and not probed:
+            one = f"one batch size ({', '.join(map(str, batches))})" if batches else "no batch sweep"
+            plots.append(_no_comparison(f"throughput-vs-batch-{_slug(device)}", f"{title}, {device}",
+                                        f"{one} measured on {device}, so there is no curve against batch size; "
+                                        "measure one with --batch 1,4,16 or --scenario max_throughput"))
+            continue
+        fig, (ax,) = _figure()
         colors: dict[str, str] = {}
         for i, (label, rs) in enumerate(_series(r for r in dlat if r["clip_length_s"] == longest).items()):
             rs = sorted(rs, key=lambda r: r["batch_size"])
@@ -220,6 +248,10 @@ def energy(rows: list[dict[str, Any]]) -> list[Plot]:
         at = [r for r in drows if r["clip_length_s"] == longest]
         series = _series(at)
         batches = sorted({r["batch_size"] for r in at})
+        if len(series) * len(batches) < 2:
+            plots.append(_no_comparison(f"energy-{_slug(device)}", f"{title}, {device}",
+                                        f"one configuration at one batch size on {device}: a single bar"))
+            continue
         fig, axes = _figure(ncols=2, width=5.5, height=4.6)
         width = 0.8 / len(batches)
         for ax, key, unit in ((axes[0], "energy_j_per_sample", "J per sample"),
@@ -242,7 +274,7 @@ def energy(rows: list[dict[str, Any]]) -> list[Plot]:
         kinds = {bool(r.get("energy_measured")) for r in at}
         handles += [Patch(facecolor="white", edgecolor="black", hatch=None if m else "//",
                           label="measured (counters)" if m else "estimated (not measured)") for m in sorted(kinds)]
-        axes[1].legend(handles=handles, fontsize="small")
+        legend_outside(fig, handles, [h.get_label() for h in handles], where="right upper", ncol=1)
         methods = sorted({r.get("energy_method", "?") for r in at})
         fig.suptitle(_tex_safe(f"{title}, {_device_title(device, drows)}, {longest:g} s clips\n"
                                + "; ".join(methods)), fontsize="medium")
@@ -277,7 +309,12 @@ def wer_vs_latency(rows: list[dict[str, Any]]) -> list[Plot]:
         length = max(r["clip_length_s"] for r in at_b)
         pts = [r for r in at_b if r["clip_length_s"] == length]
         variants = sorted({variant(r) for r in pts}, key=lambda v: (v != BASELINE, v))
-        fig, (ax,) = _figure(height=4.6)
+        if len(pts) < 2:
+            plots.append(_no_comparison(f"wer-vs-latency-{_slug(device)}", f"{title}, {device}",
+                                        f"only one configuration has a WER on {device} ({series_label(pts[0])}); a "
+                                        "Pareto front needs two: run more real-weight models or variants"))
+            continue
+        fig, (ax,) = _figure(height=4.2)
         for i, r in enumerate(pts):
             x, y = 1000 * r["latency_s_p50"], 100 * r["wer"]
             yerr = [[max(0.0, y - 100 * r.get("wer_ci_low", r["wer"]))],
@@ -338,7 +375,7 @@ def profile_split(rows: list[dict[str, Any]]) -> list[Plot]:
         ax.set_xlim(0, 100)
         timelines = sorted({r.get("op_timeline", "cpu") for r in drows})
         ax.set_title(f"op categories ({', '.join(timelines)} timeline)", fontsize="small")
-        _legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)  # below: bars fill the axes
+        _legend(ax, ncol=3)  # below the figure: the bars fill the axes
         ax = axes[1]
         bars = [_stage_bars(r) for r in drows]
         stages: list[tuple[str, bool]] = []
@@ -354,7 +391,7 @@ def profile_split(rows: list[dict[str, Any]]) -> list[Plot]:
         ax.set_yticklabels([""] * len(drows))
         ax.set_xlabel("ms per call (inclusive of what a stage encloses)")
         ax.set_title("stages (plain bars add up to a call; hatched ones sit inside another)", fontsize="small")
-        _legend(ax, loc="lower right")
+        _legend(ax, where="right upper", ncol=1)
         if not stages:
             ax.text(0.5, 0.5, "stages not recorded", ha="center", va="center", transform=ax.transAxes)
         fig.suptitle(_tex_safe(f"{title}, {_device_title(device, drows)}"), fontsize="medium")
@@ -389,7 +426,7 @@ def decode_curve(rows: list[dict[str, Any]]) -> list[Plot]:
         ax.set_ylim(bottom=0)
         ax.set_title(_tex_safe(f"{title}, {_device_title(device, drows)}"), fontsize="medium")
         ax.grid(alpha=0.3)
-        _legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)  # below: lines fill the axes
+        _legend(ax, ncol=1)  # below the figure: the lines fill the axes
         plots.append(Plot(f"decode-curve-{_slug(device)}", f"{title}, {device}", _png(fig)))
     return plots
 

@@ -86,6 +86,9 @@ class Recommendation:
     why: str  # the choice's numbers with units and provenance, or "not measured: <reason>"
     ties: tuple[str, ...] = ()  # candidates within the tie tolerance (quality: within the WER CI), with numbers
     caveats: tuple[str, ...] = ()  # what was excluded or could not be checked, and why
+    # the row behind the choice (its run and cell), so a page can link the answer to its measurements
+    run_id: str | None = None
+    cell_key: str | None = None
 
 
 # ---- formatting: every number with its unit and how it was obtained ----
@@ -238,7 +241,7 @@ def _rec(scenario: str, device: str, criterion: str, pick: _Pick, why: Callable[
     if pick.row is None:
         return Recommendation(scenario, device, criterion, None, pick.none_reason, caveats=tuple(pick.caveats))
     return Recommendation(scenario, device, criterion, _full(pick.row), why(pick.row, pick.value),
-                          tuple(pick.ties), tuple(pick.caveats))
+                          tuple(pick.ties), tuple(pick.caveats), pick.row.get("run_id"), pick.row.get("cell_key"))
 
 
 def _missing(scenario: str, device: str, criterion: str, reason: str) -> Recommendation:
@@ -408,7 +411,8 @@ def _quality(device: str, b1: list[Row], th: Thresholds) -> Recommendation:
     if unscored:
         caveats.append(f"no WER for {', '.join(unscored)} ({_reasons(r for r in b1 if r.get('wer') is None)})")
     why = f"{_wer_text(choice)}; RTFx {choice.get('rtfx') or 0:.1f} at batch 1"
-    return Recommendation(scenario, device, criterion, _full(choice), why, ties, tuple(caveats))
+    return Recommendation(scenario, device, criterion, _full(choice), why, ties, tuple(caveats), choice.get("run_id"),
+                          choice.get("cell_key"))
 
 
 def _throughput(device: str, rows: list[Row], longest: float, th: Thresholds, wer_txt: str) -> Recommendation:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from asrperf.report.plots import (_MARKERS, Plot, _by_device, _device_title, _figure, _missing, _png, _slug, _tex_safe,
-                                  series_label)
+from asrperf.report.plots import (_MARKERS, Plot, _by_device, _device_title, _figure, _missing, _no_comparison, _png, _slug,
+                                  _tex_safe, legend_outside, series_label)
 
 Row = dict[str, Any]
 
@@ -32,6 +32,11 @@ def latency_vs_chunk(rows: list[Row]) -> list[Plot]:
         series: dict[str, list[Row]] = defaultdict(list)
         for r in drows:
             series[f"{series_label(r)}, {r['clip_length_s']:g} s"].append(r)
+        if len(series) < 2 and all(len({r["chunk_ms"] for r in rs}) < 2 for rs in series.values()):
+            plots.append(_no_comparison(f"streaming-latency-vs-chunk-{_slug(device)}", f"{title}, {device}",
+                                        f"one chunk size and one configuration on {device}; sweep with "
+                                        "--chunk-ms 500,1000,2000"))
+            continue
         for i, (label, rs) in enumerate(series.items()):
             rs = sorted(rs, key=lambda r: r["chunk_ms"])
             x = [r["chunk_ms"] for r in rs]
@@ -62,7 +67,7 @@ def latency_vs_chunk(rows: list[Row]) -> list[Plot]:
         if wer_ax is not None:
             h2, l2 = wer_ax.get_legend_handles_labels()
             handles, labels = handles + h2, labels + l2
-        ax.legend(handles, labels, fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+        legend_outside(fig, handles, labels, ncol=2)
         plots.append(Plot(f"streaming-latency-vs-chunk-{_slug(device)}", f"{title}, {device}", _png(fig)))
     return plots
 
