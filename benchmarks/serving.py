@@ -84,7 +84,7 @@ def served(engine: str, dtype: str, max_batch: int, clips: list, clip_info: dict
     bounds = Bounds(max_requests=args.requests, duration_s=args.probe_s, timeout_s=args.timeout,
                     warmup_s=args.warmup_s)
     poisson = Arrivals("poisson", rate_rps=1.0)
-    context = {**clip_info, "source_kind": "builtin", "benchmark": "serving"}
+    context = {**clip_info, "source_kind": "builtin"}  # the run config (save_rows) names the benchmark
     with server_process(argv, startup_timeout_s=900) as server:
         target = Target(server.url, MODEL)
 
