@@ -128,7 +128,8 @@ def _write_cache(root: Path, clips: dict) -> Path:
     for cid, audio in clips.items():
         sf.write(str(folder / f"{cid}.wav"), audio, 16000, subtype="FLOAT", format="WAV")
         metas.append({"id": cid, "file": f"{cid}.wav", "length_s": 5.0, "text": "x", "utterance_ids": [],
-                      "speech_s": 1.0, "n_samples": len(audio)})
+                      "speech_s": 1.0, "n_samples": len(audio), "utterance_bounds": [[0, len(audio)]],
+                      "utterance_texts": ["x"]})
     (folder / "index.json").write_text(json.dumps({"source": {}, "clips": metas}))
     return folder
 
