@@ -127,6 +127,7 @@ def test_quality_ties_by_ci_overlap_then_picks_the_faster(rows):
     assert rec.choice.startswith(TINY)
     assert len(rec.ties) == 1 and rec.ties[0].startswith(SMALL)
     assert any("lowest point WER" in c and SMALL in c for c in rec.caveats)
+    assert "tied within the 95% CIs with the lowest point WER" in rec.why and SMALL in rec.why  # on the first screen
 
 
 def test_random_weights_only_cannot_judge_quality():

@@ -411,6 +411,8 @@ def _quality(device: str, b1: list[Row], th: Thresholds) -> Recommendation:
     if unscored:
         caveats.append(f"no WER for {', '.join(unscored)} ({_reasons(r for r in b1 if r.get('wer') is None)})")
     why = f"{_wer_text(choice)}; RTFx {choice.get('rtfx') or 0:.1f} at batch 1"
+    if choice is not best:  # said in the one line, not only in the caveats: the point WER is not the lowest
+        why += f"; tied within the 95% CIs with the lowest point WER ({_short(best)}, {_pct(best['wer'])}), and faster"
     return Recommendation(scenario, device, criterion, _full(choice), why, ties, tuple(caveats), choice.get("run_id"),
                           choice.get("cell_key"))
 
