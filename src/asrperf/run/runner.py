@@ -118,23 +118,30 @@ def _exit_with_runner(runner_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="asrperf-runner-watch").start()
 
 
-def _cell_process(payload_path: str, result_path: str, stderr_path: str, runner_pid: int) -> None:
+def _cell_process(payload_path: str, result_path: str, stderr_path: str, runner_pid: int,
+                  env: dict[str, str | None] | None = None) -> None:
     import os
 
     from asrperf.run.worker import main
 
+    for name, value in (env or {}).items():  # before any CUDA call: the fork server's environment is its first caller's
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     _exit_with_runner(runner_pid)
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 2)  # keep the worker's tracebacks for the failure reason, off the user's console
     raise SystemExit(main([payload_path, result_path]))
 
 
-def run_isolated(payload: CellPayload, timeout_s: float) -> CellResult:
-    """Run one cell in its own process; a crash, OOM kill or timeout becomes a failed row."""
+def run_isolated(payload: CellPayload, timeout_s: float, env: dict[str, str | None] | None = None) -> CellResult:
+    """Run one cell in its own process; a crash, OOM kill or timeout becomes a failed row. `env`: variables
+    the cell's process sets (None: removes) first, e.g. the GPUs Ray gave this task."""
     with tempfile.TemporaryDirectory(prefix="asrperf-cell-") as tmp:
         p_in, p_out, p_err = Path(tmp) / "payload.json", Path(tmp) / "result.json", Path(tmp) / "stderr.txt"
         p_in.write_text(payload.to_json())
-        proc = _fork_server().Process(target=_cell_process, args=(str(p_in), str(p_out), str(p_err), os.getpid()),
+        proc = _fork_server().Process(target=_cell_process, args=(str(p_in), str(p_out), str(p_err), os.getpid(), env),
                                       daemon=True)
         proc.start()
         proc.join(timeout_s)
