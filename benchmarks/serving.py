@@ -114,8 +114,32 @@ def _per_clip(rows: list[dict[str, Any]]) -> dict[int, set[str]]:
     return texts
 
 
+def slo_bound(mt: dict[str, Any], slo_text: str, rate_b1: float | None) -> list[str]:
+    """What compute alone allows: a request's latency is at least its batch's compute time, so a server
+    meeting a latency SLO of S seconds can at best run batches b whose offline latency L(b) <= S, and
+    serve at most max b / L(b) over them (no queueing, no waiting for a batch to fill: an upper bound).
+    Offline L(b) comes from the max-throughput search of the same run, on the same clips."""
+    terms = [t for t in parse_slo(slo_text).latency_terms if t.metric == "latency_s"]
+    probes = [p for p in mt.get("max_throughput_probes") or () if p.get("status") == "ok" and p.get("latency_s_p50")]
+    if not terms or not probes:
+        return []
+    bound_s = min(t.bound for t in terms)
+    fits = [(p["batch_size"] / p["latency_s_p50"], p["batch_size"], p["latency_s_p50"]) for p in probes
+            if p["latency_s_p50"] <= bound_s]
+    curve = ", ".join(f"b{p['batch_size']} {p['latency_s_p50']:.2f} s" for p in probes)
+    if not fits:
+        return [f"- compute bound: no batch size runs within {bound_s:g} s offline ({curve})"]
+    top, b, lat = max(fits)
+    line = (f"- compute bound under the SLO: offline batch latency p50 {curve}; the largest batch within "
+            f"{bound_s:g} s allows at most **{top:.3g} req/s** (batch {b}, {lat:.2f} s)")
+    if rate_b1:
+        line += (f" = {top / rate_b1:.2f}x the measured max rate with max_batch_size 1, before any queueing "
+                 f"(so a batching gain above {top / rate_b1:.2f}x cannot be reached on this machine)")
+    return [line]
+
+
 def summarise(engine: str, dtype: str, off: dict[str, Any], by_batch: dict[int, list[dict[str, Any]]],
-              clips: list) -> list[str]:
+              clips: list, slo_text: str) -> list[str]:
     """Markdown lines for one engine: the targets and the curve."""
     lat, mt = off.get("latency", {}), off.get("max_throughput", {})
     # the search's result row (the sweep, when there is one, adds its own after it)
@@ -145,6 +169,7 @@ def summarise(engine: str, dtype: str, off: dict[str, Any], by_batch: dict[int, 
         lines.append(f"- served saturation {sat:.3g} req/s / offline max throughput {offline_max:.3g} samples/s "
                      f"(batch {mt.get('max_throughput_batch_size')}): **{share:.0%}** (target >= "
                      f"{SATURATION_TARGET:.0%}: {'met' if share >= SATURATION_TARGET else 'NOT met'})")
+    lines += slo_bound(mt, slo_text, rates.get(1))
     all_rows = [r for rows in by_batch.values() for r in rows]
     texts = _per_clip(all_rows)
     offline_hyp = {t["clip"]: t["hyp"] for t in lat.get("transcripts", [])}
@@ -217,7 +242,7 @@ def main() -> None:
         for b, rows in by_batch.items():
             save_rows(args.store, {"benchmark": "serving", "engine": engine, "dtype": dtype, "max_batch_size": b,
                                    "slo": args.slo, "length_s": args.length}, rows)
-        lines += summarise(engine, dtype, off.get(engine, {}), by_batch, clips) + [""]
+        lines += summarise(engine, dtype, off.get(engine, {}), by_batch, clips, args.slo) + [""]
     text = "\n".join(lines)
     print(text)
     if args.out:
