@@ -145,3 +145,18 @@ def test_transducer_decode_measures_its_steps_and_says_why_the_curve_is_missing(
     assert row["autoregressive_decoder"] is True
     assert row["decoder_steps_per_call"] == engine.info()["decoder_steps"] > 0
     assert row["decode_curve"] is None and "walks the encoder frames" in row["decode_curve_missing_reason"]
+
+
+def test_release_frees_the_model_and_keeps_what_the_row_reads(cache_dir):
+    import gc
+    import weakref
+
+    engine = _load(ModelSpec("mini-whisper", "whisper", "", _whisper(64, 1, 2), True), cache_dir)
+    engine.transcribe([_clip(2.0).audio], SAMPLE_RATE)
+    info, model = engine.info(), weakref.ref(engine.model)
+    engine.release()
+    gc.collect()
+    assert model() is None  # nothing holds the weights any more: the server scenario's copy is the only one
+    assert engine.info() == info and engine.loaded_weights() is None
+    with pytest.raises(AttributeError):
+        engine.transcribe([_clip(2.0).audio], SAMPLE_RATE)

@@ -156,6 +156,24 @@ class Engine(ABC):
         """Provenance for the result row: engine version, weights, dtype, long-form algorithm, token policy."""
         return dict(self._info)
 
+    def release(self) -> None:
+        """Drop the loaded model (weights, sessions, caches) so its memory can go to another process,
+        e.g. the server the server scenario starts for the same configuration. Afterwards info() answers
+        what it did before, loaded_weights() None (the row read it at load), and nothing transcribes."""
+        import gc
+        import sys
+
+        info = self.info()
+        for name in [n for n in vars(self) if n not in ("cache_dir", "_info")]:
+            delattr(self, name)
+        self._info = info
+        self.info = lambda: dict(info)  # type: ignore[method-assign]  # the snapshot, not the dropped model's
+        self.loaded_weights = lambda: None  # type: ignore[method-assign]  # it would hold the module
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()  # back to the driver, so the server's copy fits
+
     def _set_token_policy(self, kind: str, words: str) -> None:
         """Record how the decoder's token count arises: `kind` is "real" (the model's own end),
         "fixed" (a set count: random weights) or "n/a" (no decoder tokens: CTC); `words` says it

@@ -4,10 +4,11 @@
 Per cell (model x engine x variant x device x threads x clip length x `max_batch_size`):
 1. the cell's engine (loaded by the worker) transcribes each clip once, alone on the machine: the
    offline transcripts that WER under load is held against;
-2. `asrperf serve` for the same configuration starts as a child process on 127.0.0.1, on a free
-   port, with the cell's thread count and the batcher settings (load/launch.py); the kernel sends
-   it SIGTERM if the cell's process dies (a cell past cell_timeout_s is killed), and it is always
-   stopped with SIGTERM (drained) when the plan ends or fails;
+2. the cell's engine releases its model (the server loads its own copy), and `asrperf serve` for
+   the same configuration starts as a child process on 127.0.0.1, on a free port, with the cell's
+   thread count and the batcher settings (load/launch.py); the kernel sends it SIGTERM if the
+   cell's process dies (a cell past cell_timeout_s is killed), and it is always stopped with
+   SIGTERM (drained) when the plan ends or fails;
 3. the load plan runs (load/session.py), each probe bounded in requests and time.
 
 One row per cell: the row's latency, rate, goodput and batch figures are those of the cell's
@@ -96,6 +97,7 @@ class ServerScenario(Scenario):
                    if ctx.score else None)
         threads = cpu_threads()
         args, plugins = serve_argv(ctx, ctx.batch_size, threads)
+        ctx.engine.release()  # the server loads its own copy: never hold the model twice (GPU memory)
         setup = setup_label(settings.max_wait_ms, settings.max_queue, plan.mode, plan.arrivals.label, settings.slo)
         t0 = time.perf_counter()
         with server_process(asrperf_serve_argv(args), startup_timeout_s=settings.startup_timeout_s,
