@@ -139,7 +139,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5, help="(a) paired rounds")
     ap.add_argument("--cells", type=int, default=16, help="(b) stub cells in the sweep (a multiple of 4)")
-    # a cell pays for a fresh Ray worker process (max_calls=1): 10 s cells, like default real cells, keep
+    # each Ray worker's first cell starts its fork server (imports torch): 10 s cells, like default real cells, keep
     # that start-up from dominating, as it does for sub-second cells
     ap.add_argument("--cell-s", type=float, default=10.0, help="(b) seconds of timed calls per stub cell")
     ap.add_argument("--cache-dir", default=".asrperf-cache")

@@ -80,6 +80,24 @@ def test_worker_crash_becomes_a_failed_row():
     assert "worker exited with code 1" in result.row["error"]
 
 
+@pytest.mark.parametrize("value", ["3", None])
+def test_the_cell_process_takes_the_environment_its_launcher_gives(value, monkeypatch):
+    # a reused Ray worker passes the GPUs Ray gave this task; the fork server kept its first caller's
+    from asrperf.config import ModelConfig, TimingConfig
+    from asrperf.run.plan import Cell
+    from asrperf.run.worker import CellPayload
+    from asrperf.scenarios.base import ScenarioSettings
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # what a fork server started now would inherit
+    settings = ScenarioSettings(energy=False, energy_idle_s=0.0, flops=False, max_batch=1, memory_budget_bytes=None,
+                                trace_dir="", decode_tokens=0, decode_curve_length_s=5.0)
+    cell = Cell(ModelConfig("wav2vec2-base", weights="random"), "cpu", 1, 5.0, 1, "latency")
+    payload = CellPayload(cell, "", "", 1, TimingConfig(), False, True, settings, plugins=("env_probe",))
+    result = run_isolated(payload, timeout_s=120, env={"CUDA_VISIBLE_DEVICES": value})
+    assert result.row["status"] == "failed"
+    assert f"sees CUDA_VISIBLE_DEVICES={value!r}" in result.row["error"]
+
+
 def test_resume_after_kill_9_loses_and_duplicates_nothing(tmp_path, cache_dir, tiny_source):
     lengths = [3, 4, 4.5, 5]  # each packs >= 90% speech from the 30 test sentences (min_speech_share)
     config = _toml(tmp_path / "run.toml", _config(tmp_path, cache_dir, tiny_source, [W2V], lengths))

@@ -5,11 +5,11 @@
 - Isolation: one process per cell, as locally. The Ray task only launches it: the cell runs in a
   process forked from the worker's fork server (run/runner.py `run_isolated`, torch and
   transformers imported once per worker), which exits with the cell, so no model, allocator or
-  thread pool outlives it. Ray workers are reused; each one's fork server is started when the
-  worker starts (`worker_process_setup_hook`), not by its first cell, so a cell starts in ~0.1 s
-  instead of the ~3 s a cold `import torch, transformers` costs. The GPUs Ray gives a task
-  (CUDA_VISIBLE_DEVICES) are passed to the cell's process. `max_retries=0`, so a lost cell is a
-  failed row the runner commits, never a silent re-run.
+  thread pool outlives it. Ray workers are reused: a worker's first cell starts its fork server
+  (a cold `import torch, transformers`, ~3 s on 2 cores), its later cells start in a fraction of a
+  second. (Ray starts workers on demand, so there is nothing to warm before the first cell.) The
+  GPUs Ray gives a task (CUDA_VISIBLE_DEVICES) are passed to the cell's process. `max_retries=0`,
+  so a lost cell is a failed row the runner commits, never a silent re-run.
 - Timeout: counted from the moment the cell starts on its node (each task reports its start to a
   small actor on the driver's node), then `ray.cancel(force=True)` kills the worker.
 - Clips: bundled once per cache entry on the driver (run/clip_bundle.py), put in the object store
@@ -82,22 +82,6 @@ def _run_cell(index: int, payload_json: str, bundle: ClipBundle, clips_sha256: s
     return {"result": dataclasses.asdict(result), **here}
 
 
-def warm_worker() -> None:
-    """Ray's worker_process_setup_hook: start this worker's fork server (importing torch and
-    transformers) in the background, so the worker's first cell does not wait for it."""
-    import threading
-
-    def start() -> None:
-        import multiprocessing.forkserver
-
-        from asrperf.run.runner import _fork_server
-
-        _fork_server()
-        multiprocessing.forkserver.ensure_running()
-
-    threading.Thread(target=start, daemon=True, name="asrperf-fork-server-warm").start()
-
-
 def _capture_env() -> dict[str, Any]:
     from asrperf.results.env import capture
 
@@ -143,8 +127,7 @@ class RayExecutor:
         if not ray.is_initialized():
             try:  # "" starts a Ray for this run on this machine; "auto" or HOST:PORT joins a cluster
                 local = {} if self.address else {"include_dashboard": False}  # joining: the cluster decides
-                ray.init(address=self.address or "local", log_to_driver=False, logging_level="ERROR",
-                         runtime_env={"worker_process_setup_hook": f"{__name__}.warm_worker"}, **local)
+                ray.init(address=self.address or "local", log_to_driver=False, logging_level="ERROR", **local)
             except (ConnectionError, RuntimeError) as exc:
                 raise ConfigError(f"ray_address (--ray-address) '{self.address}': cannot join a Ray cluster "
                                   f"there ({exc}); start one with `ray start --head` or pass '' to start one "
