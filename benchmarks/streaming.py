@@ -2,7 +2,8 @@
 
     python benchmarks/streaming.py [--engines ct2:int8,transformers:fp32] [--length 15] [--n-clips 4]
                                    [--chunks 160,320,500,1000,2000] [--device cpu] [--store S] [--out summary.md]
-                                   [--smoke]
+                                   [--endpoint vad|none] [--endpoint-silence-ms 100] [--no-capacity]
+                                   [--targets-only] [--smoke]
 
 1. Targets, whisper tiny.en with real weights on the built-in corpus, 1000 ms chunks, every engine
    in --engines (simulated clock, then the real-time capacity search with threads sharing the
@@ -16,6 +17,10 @@ Every figure is printed next to ufal/whisper_streaming's published one (3.3 s av
 unsegmented long-form speech, large-v2 on an NVIDIA A40; Macháček et al. 2023). The rows go to
 --store, so `asrperf report --store S --html r.html` draws the streaming plots from them.
 
+LocalAgreement runs with the [streaming] default endpoint (silero VAD: commit at the end of speech)
+unless --endpoint none asks for pure LocalAgreement-2; the rows record which. --no-capacity skips
+the capacity search (the streams target is then unchecked), --targets-only the trade-off.
+
 --smoke runs a tiny version (5 s clips, 1 clip, two chunk sizes, max 2 streams, ct2 and random
 wav2vec2-base only) to check that the script works; its numbers mean nothing. Do not record
 numbers from a machine that other work is loading.
@@ -28,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from asrperf.config import config_from_dict
+from asrperf.config import STREAM_ENDPOINTS, StreamingConfig, config_from_dict
 from asrperf.results.store import Store
 from asrperf.run.runner import run as run_cells
 
@@ -92,7 +97,8 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
          f"[{_pts(best.get('stream_wer_delta_ci_low'))}, {_pts(best.get('stream_wer_delta_ci_high'))}]",
          delta is not None and abs(delta) <= WER_DELTA_TARGET),
         (f">= {STREAMS_TARGET} concurrent real-time streams with < 1% of chunks late: {streams} "
-         f"({best.get('capacity_stop_reason')})", streams is not None and streams >= STREAMS_TARGET),
+         f"({best.get('capacity_stop_reason') or best.get('capacity_missing_reason')})",
+         streams is not None and streams >= STREAMS_TARGET),
     ]
     out = [f"fastest engine: {best['engine']} {best['dtype']} ({best.get('stream_policy_label')})"]
     out += [f"- [{'x' if ok_ else ' '}] {text}" for text, ok_ in checks]
@@ -112,25 +118,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", default="asrperf-results/streaming.sqlite")
     p.add_argument("--cache-dir", default=".asrperf-cache")
     p.add_argument("--out", type=Path, default=None, help="also write the summary (markdown) here")
+    p.add_argument("--endpoint", choices=STREAM_ENDPOINTS, default=StreamingConfig.endpoint,
+                   help="LocalAgreement's endpoint: vad (silero, commit at the end of speech) or none")
+    p.add_argument("--endpoint-silence-ms", type=int, default=StreamingConfig.endpoint_silence_ms,
+                   help="the pause that ends speech, ms")
+    p.add_argument("--no-capacity", action="store_true", help="skip the real-time capacity search")
+    p.add_argument("--targets-only", action="store_true", help="skip the chunk-size trade-off")
     p.add_argument("--smoke", action="store_true", help="a tiny run that checks the script works (numbers mean nothing)")
     args = p.parse_args(argv)
+    endpoint = {"endpoint": args.endpoint, "endpoint_silence_ms": args.endpoint_silence_ms}
     engines = [tuple(e.split(":")) for e in args.engines.split(",")]
     chunks = [int(c) for c in args.chunks.split(",")]
     if args.smoke:
         args.length, args.n_clips, args.max_streams = 5.0, 1, 2
         engines, chunks = [("ct2", "int8")], [500, 1000]
     tiny = [{"name": MODEL, "engine": e, "dtype": d, "weights": "real"} for e, d in engines]
-    target_rows = _run(tiny, [1000], {"max_streams": args.max_streams}, args, "targets")
+    target_rows = _run(tiny, [1000], {"max_streams": args.max_streams, "capacity": not args.no_capacity, **endpoint},
+                       args, "targets")
     lines = ["## Streaming targets (tiny.en, real weights, 1000 ms chunks)", "", HEADER,
              *[_line(r) for r in target_rows], "", *targets(target_rows), ""]
     ok = [r for r in target_rows if r.get("status") == "ok" and r.get("finalization_s_p90") is not None]
     fastest = min(ok, key=lambda r: r["finalization_s_p90"]) if ok else None
-    trade = [{"name": m, "weights": "random"} for m in (RANDOM_CTC[:1] if args.smoke else RANDOM_CTC)]
-    if fastest is not None:
-        trade.insert(0, {"name": MODEL, "engine": fastest["engine"], "dtype": fastest["dtype"], "weights": "real"})
-    trade_rows = _run(trade, chunks, {"capacity": False}, args, "trade-off")
-    lines += ["## Chunk-size trade-off", "", HEADER, *[_line(r) for r in trade_rows], "",
-              f"reference: {WHISPER_STREAMING}", ""]
+    trade_rows: list[dict[str, Any]] = []
+    if not args.targets_only:
+        trade = [{"name": m, "weights": "random"} for m in (RANDOM_CTC[:1] if args.smoke else RANDOM_CTC)]
+        if fastest is not None:
+            trade.insert(0, {"name": MODEL, "engine": fastest["engine"], "dtype": fastest["dtype"], "weights": "real"})
+        trade_rows = _run(trade, chunks, {"capacity": False, **endpoint}, args, "trade-off")
+        lines += ["## Chunk-size trade-off", "", HEADER, *[_line(r) for r in trade_rows], "",
+                  f"reference: {WHISPER_STREAMING}", ""]
     text = "\n".join(lines)
     print(text)
     if args.out:

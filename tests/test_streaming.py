@@ -12,14 +12,15 @@ from asrperf.data.audio import Utterance
 from asrperf.data.clips import ClipCache, build_exact, n_samples
 from asrperf.engines.base import Engine, FrameLabels, StreamingUnsupported, Transcription, Word
 from asrperf.engines.hf_whisper import words_from_tokens
-from asrperf.errors import ConfigError
+from asrperf.errors import ConfigError, MissingExtraError
 from asrperf.measure.ctc_align import ctc_forced_align
 from asrperf.measure.streaming import StreamTrace, Update, chunk_samples, commit_times_s, stability, stream_metrics
 from asrperf.measure.word_align import align_words
 from asrperf.run.plan import Cell, expand
 from asrperf.scenarios.stream_capacity import Probe, judge, search, threaded_probe
 from asrperf.scenarios.stream_clock import run_stream
-from asrperf.scenarios.stream_policies import Chunked, LocalAgreement
+from asrperf.scenarios.stream_endpoint import Endpointer, SileroVad, VoiceActivity
+from asrperf.scenarios.stream_policies import Chunked, LocalAgreement, make_policy
 
 RATE = 16_000
 
@@ -110,6 +111,141 @@ def test_buffer_is_trimmed_at_the_second_to_last_committed_sentence_and_prompts_
     assert la.prompt() == "Hello world. Good day."
     la.prompt_chars = 5
     assert la.prompt() == "day."
+
+
+# -- the endpoint (LocalAgreement + a voice activity detector) on literal speech -----------------------
+
+class TimedWhisper(ScriptedWhisper):
+    """ScriptedWhisper on audio whose samples hold their own index, so it knows where its buffer starts:
+    a call returns the words wholly inside the buffer, in buffer times."""
+
+    starts_s: list[float]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.starts_s = []
+
+    def transcribe_words(self, audio, sample_rate, prompt=""):
+        super().transcribe_words(audio[:0], sample_rate, prompt)
+        t0 = float(audio[0]) / sample_rate
+        t1 = t0 + len(audio) / sample_rate
+        self.starts_s.append(t0)
+        return [W(w.text, w.start_s - t0, w.end_s - t0) for w in self.words if w.start_s >= t0 - 1e-9 and w.end_s <= t1 + 1e-9]
+
+
+class ScriptedVad(VoiceActivity):
+    """Speech at fixed stream times (samples hold their index); a pause shorter than min_silence_s is speech."""
+
+    name = "scripted"
+
+    def __init__(self, spans_s: list[tuple[float, float]]) -> None:
+        self.spans_s = spans_s
+        self.read_s: list[tuple[float, float]] = []  # the audio of every look, stream times
+
+    def speech_s(self, audio, sample_rate, min_silence_s):
+        a = float(audio[0]) / sample_rate
+        b = a + len(audio) / sample_rate
+        self.read_s.append((a, b))
+        out: list[tuple[float, float]] = []
+        for s, e in self.spans_s:
+            s, e = max(s, a), min(e, b)
+            if s < e:
+                if out and s - out[-1][1] < min_silence_s:
+                    out[-1] = (out[-1][0], e)
+                else:
+                    out.append((s, e))
+        if out and b - out[-1][1] < min_silence_s - 1e-9:  # not silent long enough yet: still speech
+            out[-1] = (out[-1][0], b)
+        return [(s - a, e - a) for s, e in out]
+
+
+def _ramp(seconds: float) -> np.ndarray:
+    return np.arange(int(seconds * RATE), dtype=np.float32)
+
+
+def _stream_with_endpoint(words, spans, seconds, endpoint: bool):
+    clock = FakeClock()
+    engine = TimedWhisper(words, 0.3, clock)
+    vad = ScriptedVad(spans)
+    policy = LocalAgreement(engine, RATE, endpointer=Endpointer(vad, 0.1) if endpoint else None)
+    trace = run_stream(policy, _ramp(seconds), RATE, 1.0, "simulated", "c", timer=clock, **UTTERANCES)
+    return trace, policy, engine, vad
+
+
+@pytest.mark.parametrize("endpoint, commits, decodes, finalization", [
+    # speech ends at 1.3 and 2.9: the update at 2.0 sees 0.7 s of pause after "bravo" and commits it at once;
+    # the one at 3.0 commits "charlie delta" (pause 0.1 s); the last one hears only silence and decodes nothing
+    (True, [((), 1.3), (("alpha", "bravo"), 2.3), (("alpha", "bravo", "charlie", "delta"), 3.3)] + [
+        (("alpha", "bravo", "charlie", "delta"), 4.0)], 3, [2.3 - 1.4, 3.3 - 3.0]),
+    # pure LocalAgreement-2: every word waits for a second update that agrees
+    (False, [((), 1.3), (("alpha",), 2.3), (("alpha", "bravo"), 3.3), (("alpha", "bravo", "charlie", "delta"), 4.3)],
+     4, [3.3 - 1.4, 4.3 - 3.0]),
+])
+def test_an_endpoint_commits_at_the_end_of_speech_without_a_second_agreeing_update(endpoint, commits, decodes,
+                                                                                   finalization):
+    trace, policy, engine, _ = _stream_with_endpoint(WORDS, [(0.2, 1.3), (1.5, 2.9)], 4.0, endpoint)
+    assert [(u.committed, u.done_s) for u in trace.updates] == [(c, pytest.approx(t)) for c, t in commits]
+    assert len(engine.prompts) == decodes
+    m, _ = stream_metrics(trace)
+    assert m.finalization_s == pytest.approx(finalization)
+    assert trace.final_words == ("alpha", "bravo", "charlie", "delta")
+    s = policy.settings()
+    if endpoint:
+        assert (s["endpoint"], s["endpoint_silence_ms"], s["endpoints"], s["skipped_updates"]) == ("vad", 100, 2, 1)
+        assert engine.starts_s == pytest.approx([0.0, 0.0, 1.3])  # the buffer restarted where speech ended
+        assert engine.prompts[-1] == "alpha bravo"  # what the endpoint committed scrolled out into the prompt
+        assert policy.offset_s == pytest.approx(4.0 - 0.6)  # silence: only what the detector reads again is kept
+    else:
+        assert s["endpoint"] == "none" and "endpoints" not in s
+
+
+def test_silence_is_not_decoded_and_the_detector_reads_only_recent_audio():
+    words = [W("hello", 3.3, 3.8), W("there", 3.9, 4.4)]
+    clock = FakeClock()
+    engine = TimedWhisper(words, 0.3, clock)
+    vad = ScriptedVad([(3.2, 4.5)])
+    policy = LocalAgreement(engine, RATE, endpointer=Endpointer(vad, 0.1))
+    trace = run_stream(policy, _ramp(6.0), RATE, 1.0, "simulated", "c", timer=clock)
+    # updates at 1, 2, 3 s hear no speech (no decode, the buffer keeps its last 0.6 s); 4 s decodes "hello";
+    # 5 s agrees on it and the end of speech at 4.5 commits "there"; 6 s is silence again
+    assert len(engine.prompts) == 2
+    assert [u.compute_s for u in trace.updates] == pytest.approx([0, 0, 0, 0.3, 0.3, 0])
+    assert [u.committed for u in trace.updates][3:] == [(), ("hello", "there"), ("hello", "there")]
+    assert [u.tentative for u in trace.updates][3] == ("hello",)
+    assert (policy.settings()["endpoints"], policy.settings()["skipped_updates"]) == (1, 4)
+    # each look reads the audio since the buffer start, at most the new second plus 0.6 s before it
+    read = [(0.0, 1.0), (0.4, 2.0), (1.4, 3.0), (2.4, 4.0), (3.4, 5.0), (4.5, 6.0)]
+    assert [x for r in vad.read_s for x in r] == pytest.approx([x for r in read for x in r])
+
+
+def test_make_policy_runs_silero_for_endpoint_vad_and_none_without_one():
+    engine = ScriptedWhisper([], 0.0)
+    vad = make_policy("local_agreement", engine, RATE, StreamingConfig())
+    assert isinstance(vad.endpointer.vad, SileroVad) and vad.endpointer.silence_s == 0.1
+    assert vad.settings()["endpoint_vad"] == "silero"
+    assert make_policy("local_agreement", engine, RATE, StreamingConfig(endpoint="none")).endpointer is None
+    # silero on digital silence hears nothing; on a loud tone it still hears no speech (a detector, not energy)
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(2 * RATE) / RATE)).astype(np.float32)
+    assert vad.endpointer.vad.speech_s(np.zeros(2 * RATE, np.float32), RATE, 0.1) == []
+    assert vad.endpointer.vad.speech_s(tone, RATE, 0.1) == []
+    assert "endpoint" in Chunked(engine, RATE).settings()  # says it does not apply
+
+
+def test_endpoint_vad_without_faster_whisper_names_the_extra(monkeypatch):
+    import importlib.util
+    import sys
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "faster_whisper" else real(name, *a))
+    data = {"models": [{"name": "whisper-tiny.en", "engine": "ct2", "dtype": "int8"}], "run": {"scenarios": ["streaming"]}}
+    with pytest.raises(ConfigError, match=r"streaming.endpoint = 'vad': `faster-whisper` \(silero VAD\) is needed: "
+                                          r"pip install 'asrperf\[ct2\]', or set streaming.endpoint = \"none\""):
+        config_from_dict(data)
+    config_from_dict({**data, "streaming": {"endpoint": "none"}})  # pure LocalAgreement needs no VAD
+    monkeypatch.setitem(sys.modules, "faster_whisper.vad", None)  # the import fails
+    with pytest.raises(MissingExtraError, match=r"`faster-whisper` is needed for streaming.endpoint = 'vad' "
+                                                r"\(silero VAD\): pip install 'asrperf\[ct2\]'"):
+        SileroVad()
 
 
 # -- the simulated clock, by hand -------------------------------------------------------------------
@@ -352,6 +488,10 @@ def test_streaming_settings_leave_other_runs_identity_and_cell_keys_unchanged():
     assert _cfg(chunk_ms=[500]).identity() == base.identity()  # only the streaming scenario reads chunk_ms
     stream = _cfg(scenarios=["streaming"], chunk_ms=[500, 1000])
     assert stream.identity() != _cfg(scenarios=["streaming"], chunk_ms=[500]).identity()
+    # rows with and without the endpoint, or with another pause, are different runs
+    ids = {dataclasses.replace(stream, streaming=StreamingConfig(endpoint=e, endpoint_silence_ms=ms)).identity()
+           for e, ms in [("vad", 100), ("vad", 300), ("none", 100)]}
+    assert len(ids) == 3 and stream.identity() in ids
     cells = expand(stream)
     assert [c.chunk_ms for c in cells] == [500] * 4 + [1000] * 4 and {c.batch_size for c in cells} == {1}
     assert cells[0].key.endswith("|streaming|chunk=500ms")
@@ -365,6 +505,9 @@ def test_streaming_settings_leave_other_runs_identity_and_cell_keys_unchanged():
     ({"streaming": {"agreement": 1}}, "streaming.agreement: 1 must be an integer >= 2"),
     ({"streaming": {"trim_s": "15"}}, r"config \[streaming\] trim_s: '15' is not a number"),
     ({"streaming": {"capacity_workers": "gpus"}}, "streaming.capacity_workers: 'gpus' is not one of threads, processes"),
+    ({"streaming": {"endpoint": "silero"}}, "streaming.endpoint: 'silero' is not one of vad, none"),
+    ({"streaming": {"endpoint_silence_ms": 10}}, r"streaming.endpoint_silence_ms: 10 must be milliseconds in \[32, 5000\]"),
+    ({"streaming": {"endpoint_silence_ms": 0.3}}, r"config \[streaming\] endpoint_silence_ms: 0.3 is not a whole number"),
     ({"streaming": {"chunk": 1}}, "unknown key 'chunk' in config \\[streaming\\]"),
     ({"models": [{"name": "wav2vec2-base", "engine": "ct2"}]}, "engine ct2 has no streaming policy for ctc models; "
                                                                "engines that stream ctc models: transformers"),
@@ -381,7 +524,8 @@ def test_streaming_settings_round_trip_through_toml(tmp_path):
     from asrperf.config import dump_config, load_config
 
     cfg = dataclasses.replace(_cfg(scenarios=["streaming"], chunk_ms=[320]),
-                              streaming=StreamingConfig(clock="realtime", right_context_ms=0))
+                              streaming=StreamingConfig(clock="realtime", right_context_ms=0, endpoint="none",
+                                                        endpoint_silence_ms=250))
     path = tmp_path / "s.toml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg

@@ -13,6 +13,7 @@ from asrperf.engines.catalog import _w2v2, resolve
 from asrperf.engines.hf import TransformersEngine
 from asrperf.run.runner import prepare
 from asrperf.scenarios.base import CellContext, Meters, ScenarioSettings
+from asrperf.scenarios.stream_endpoint import Endpointer, SileroVad
 from asrperf.scenarios.streaming import StreamingScenario
 
 
@@ -50,11 +51,30 @@ def test_real_tiny_en_streams_within_3_wer_points_of_offline_with_bounded_finali
         assert len(fin) == len(utterances[sample["clip"]]) and min(fin) > 0, fin
         assert float(np.median(fin)) <= bound, (fin, bound)
     assert row["capacity_missing_reason"] == "streaming.capacity = false"
+    # the default endpoint: silero VAD, fired at the pauses between sentences
+    assert row["stream_endpoint"] == "vad" and row["stream_policy_settings"]["endpoint_silence_ms"] == 100
+    assert row["stream_policy_label"].endswith("silero VAD endpoint after 100 ms of silence")
+    assert row["stream_n_endpoints"] >= len(utterances["15s-000"]) // 2, row["stream_n_endpoints"]
 
 
 @pytest.fixture(scope="module")
 def clips_5s(cache_dir, tiny_source):
     return _clips(cache_dir, tiny_source, 5, 1)
+
+
+def test_silero_hears_the_end_of_the_first_sentence_in_the_recent_audio_only(clips_5s):
+    clip = clips_5s[0]
+    (_, first_end), (second_start, _) = clip.utterance_bounds_s[:2]
+    endpointer = Endpointer(SileroVad(), 0.1)
+    endpointer.seen_s = first_end - 1.0  # the previous update's audio end
+    heard = endpointer.look(clip.audio[: int((first_end + 0.5) * SAMPLE_RATE)], SAMPLE_RATE, 0.0)
+    assert heard.from_s == pytest.approx(first_end - 1.6)  # a second of new audio and 0.6 s before it
+    # the speech ends within the 0.15 s of trailing silence the corpus keeps (less one 32 ms frame)
+    assert heard.speech and first_end - 0.2 < heard.speech_end_s < first_end, (heard, first_end)
+    # mid-sentence there is no end to report
+    endpointer.seen_s = 0.5
+    mid = endpointer.look(clip.audio[: int(1.5 * SAMPLE_RATE)], SAMPLE_RATE, 0.0)
+    assert mid.speech and mid.speech_end_s is None, mid
 
 
 def test_transformers_whisper_gives_word_timestamps_on_its_own_decode(cache_dir, clips_5s):

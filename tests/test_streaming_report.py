@@ -59,6 +59,16 @@ def test_streaming_table_has_a_column_per_configuration_and_chunk_size():
     assert any(n.startswith("word end times: offline word timestamps") for n in t.notes)
 
 
+def test_rows_with_and_without_the_endpoint_get_their_own_columns():
+    rows = [_row(1000, 1.6, 2.0, 0.07, 0.01, 0.0, stream_endpoint="none", cell_key="a"),
+            _row(1000, 1.1, 1.4, 0.08, 0.02, 0.0, stream_endpoint="vad", cell_key="b")]
+    (t,) = streaming_tables(rows)
+    assert t.columns == ["whisper-tiny.en (ct2, int8), 1000 ms, no endpoint",
+                         "whisper-tiny.en (ct2, int8), 1000 ms, VAD endpoint"]
+    assert dict(t.rows)["finalization s p50 / p90 / p99"] == ["1.60 / 2.00 / 2.10 (n 12; aligned)",
+                                                              "1.10 / 1.40 / 1.50 (n 12; aligned)"]
+
+
 def test_live_captions_picks_the_lowest_p90_that_keeps_up_within_the_wer_bound_and_takes_precedence():
     recs = {r.scenario: r for r in recommend(ROWS + [LATENCY])}
     live = recs["live captions"]

@@ -27,6 +27,7 @@ CLIP_MODES = ("exact", "continuous", "loop")  # data/clips.py BUILDERS
 DEFAULT_MAX_BATCH = 64  # max_throughput: the largest batch the search tries unless told
 MAX_DECODE_TOKENS = 440  # Whisper decodes at most 448 positions, prompt included
 STREAM_CLOCKS = ("simulated", "realtime")  # scenarios/stream_clock.py
+STREAM_ENDPOINTS = ("vad", "none")  # scenarios/stream_endpoint.py: silero VAD endpoints, or pure LocalAgreement
 CAPACITY_WORKERS = ("threads", "processes")
 MAX_CHUNK_MS = 30_000  # one Whisper window
 EXECUTORS = ("local", "ray")  # run/executor.py: a process per cell here, or a Ray task per cell on a cluster
@@ -137,6 +138,14 @@ class StreamingConfig:
     agreement: int = 2  # LocalAgreement-n: consecutive hypotheses that must agree to commit a word
     trim_s: float = 15.0  # LocalAgreement: trim the buffer at a committed sentence end once longer than this
     prompt_chars: int = 200  # LocalAgreement: committed text from before the buffer given as the prompt
+    # LocalAgreement: "vad" commits what was said up to where speech stopped for `endpoint_silence_ms`
+    # without waiting for agreement (silero VAD, the ct2 extra); "none": pure LocalAgreement-n
+    endpoint: str = "vad"
+    # the pause that ends speech. 100 ms: silero's own default; the pauses between the built-in corpus's
+    # sentences are 160-190 ms to the detector, so 200 ms or more would never fire on it. A pause
+    # inside a sentence that fires only commits earlier: the words before it come from a decode that
+    # heard what follows, and the buffer restarts in silence, so no word is cut.
+    endpoint_silence_ms: int = 100
     left_context_ms: int = 1000  # chunked: audio before each chunk that the model reads again
     right_context_ms: int = 200  # chunked: audio after each chunk that it waits for (adds to latency)
     capacity: bool = True  # search the most concurrent real-time streams (the shortest clip length's cells)
@@ -156,9 +165,12 @@ class StreamingConfig:
                                   f"(default {default!r})")
         _choice("streaming.clock", self.clock, STREAM_CLOCKS)
         _choice("streaming.capacity_workers", self.capacity_workers, CAPACITY_WORKERS)
+        _choice("streaming.endpoint", self.endpoint, STREAM_ENDPOINTS)
         checks = (("agreement", self.agreement >= 2, "an integer >= 2 (LocalAgreement-2 commits what two updates agree on)"),
                   ("trim_s", 0 < self.trim_s <= 30, "seconds in (0, 30]: Whisper reads at most 30 s"),
                   ("prompt_chars", self.prompt_chars >= 0, "characters >= 0"),
+                  ("endpoint_silence_ms", 32 <= self.endpoint_silence_ms <= 5000,
+                   "milliseconds in [32, 5000] (the detector reads 32 ms frames)"),
                   ("left_context_ms", self.left_context_ms >= 0, "milliseconds >= 0"),
                   ("right_context_ms", self.right_context_ms >= 0, "milliseconds >= 0"),
                   ("capacity", isinstance(self.capacity, bool), "true or false"),
@@ -377,7 +389,8 @@ class RunConfig:
         for m in self.models:
             family = CATALOG[m.name].family if m.name in CATALOG else ""
             if family:
-                streaming_policy(m.engine, family)
+                if streaming_policy(m.engine, family) == "local_agreement" and self.streaming.endpoint == "vad":
+                    _check_vad()
             elif not declaration(m.engine).streaming_policies:
                 streaming_policy(m.engine, "")  # the engine streams nothing: its one-line reason
 
@@ -423,6 +436,15 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_vad() -> None:
+    """streaming.endpoint = 'vad' runs faster-whisper's silero VAD: found without importing it."""
+    import importlib.util
+
+    if importlib.util.find_spec("faster_whisper") is None:
+        raise ConfigError("streaming.endpoint = 'vad': `faster-whisper` (silero VAD) is needed: "
+                          "pip install 'asrperf[ct2]', or set streaming.endpoint = \"none\"")
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from asrperf.report.plots import (_MARKERS, Plot, _by_device, _device_title, _figure, _missing, _no_comparison, _png, _slug,
                                   _tex_safe, legend_outside, series_label)
+from asrperf.report.streaming_tables import endpoint_suffix
 
 Row = dict[str, Any]
 
@@ -31,7 +32,7 @@ def latency_vs_chunk(rows: list[Row]) -> list[Plot]:
         wer_ax = None
         series: dict[str, list[Row]] = defaultdict(list)
         for r in drows:
-            series[f"{series_label(r)}, {r['clip_length_s']:g} s"].append(r)
+            series[f"{series_label(r)}, {r['clip_length_s']:g} s{endpoint_suffix(r)}"].append(r)
         if len(series) < 2 and all(len({r["chunk_ms"] for r in rs}) < 2 for rs in series.values()):
             plots.append(_no_comparison(f"streaming-latency-vs-chunk-{_slug(device)}", f"{title}, {device}",
                                         f"one chunk size and one configuration on {device}; sweep with "
@@ -87,7 +88,8 @@ def streams_vs_latency(rows: list[Row]) -> list[Plot]:
         fig, axes = _figure(ncols=2, width=5.2, height=4.4)
         for i, r in enumerate(sorted(drows, key=lambda r: (series_label(r), r["chunk_ms"]))):
             probes = sorted(r["capacity_probes"], key=lambda p: p["streams"])
-            label = _tex_safe(f"{series_label(r)}, {r['chunk_ms']} ms chunks ({r.get('capacity_workers')})")
+            label = _tex_safe(f"{series_label(r)}, {r['chunk_ms']} ms chunks{endpoint_suffix(r)} "
+                              f"({r.get('capacity_workers')})")
             marker = _MARKERS[i % len(_MARKERS)]
             n = [p["streams"] for p in probes]
             fin = [(p["streams"], p["finalization_s_p90"]) for p in probes if p.get("finalization_s_p90") is not None]

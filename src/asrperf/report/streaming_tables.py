@@ -20,8 +20,17 @@ def streaming_rows(rows: Iterable[Row]) -> list[Row]:
     return [r for r in rows if r.get("scenario") == "streaming"]
 
 
+ENDPOINT_LABELS = {"vad": "VAD endpoint", "none": "no endpoint"}  # rows from before endpoints have none
+
+
+def endpoint_suffix(r: Row) -> str:
+    """", VAD endpoint" / ", no endpoint" for LocalAgreement rows, so rows with and without one stay apart."""
+    endpoint = ENDPOINT_LABELS.get(r.get("stream_endpoint"))
+    return f", {endpoint}" if endpoint else ""
+
+
 def stream_column(r: Row) -> str:
-    return f"{column_label(r)}, {r.get('chunk_ms')} ms"
+    return f"{column_label(r)}, {r.get('chunk_ms')} ms{endpoint_suffix(r)}"
 
 
 def _s(v: float | None) -> str:

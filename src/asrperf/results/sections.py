@@ -74,11 +74,16 @@ class Streaming(Section):
     name: ClassVar[str] = "streaming"
     enums: ClassVar[dict[str, tuple[str, ...]]] = {
         "stream_policy": ("local_agreement", "chunked"), "stream_clock": ("simulated", "realtime"),
+        "stream_endpoint": ("vad", "none"),
         "finalization_method": ("frontier", "aligned", "none")}
 
     stream_policy: str | None = doc("the policy the engine declares for the model: local_agreement or chunked")
     stream_policy_label: str | None = doc("the policy in words, e.g. chunked (transducer frames, not cache-aware)")
-    stream_policy_settings: dict | None = doc("the policy's settings (agreement, trim_s, prompt_chars; contexts)")
+    stream_policy_settings: dict | None = doc("the policy's settings (agreement, trim_s, prompt_chars, endpoint; contexts)")
+    stream_endpoint: str | None = doc("local_agreement: vad (commit at the end of speech, silero VAD) or none "
+                                      "(pure LocalAgreement); absent where it does not apply (chunked)")
+    stream_n_endpoints: int | None = doc("endpoint vad: updates that committed at an end of speech, all streams")
+    stream_n_skipped_updates: int | None = doc("endpoint vad: updates not decoded (no speech in the buffer), all streams")
     stream_clock: str | None = doc("simulated (compute-aware, no sleeping) or realtime (wall clock)")
     stream_n_streams: int | None = doc("clips streamed, one stream each")
     stream_n_updates: int | None = doc("policy updates over all streams")

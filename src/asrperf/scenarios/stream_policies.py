@@ -9,7 +9,10 @@ audio spoken so far and returns what the stream shows now.
   uncommitted buffer is decoded at every update with the committed text that scrolled out of it
   as the prompt; the longest prefix on which the last n hypotheses agree is committed; the
   buffer is trimmed at the end of the second-to-last committed sentence once it is longer than
-  `trim_s` (and never grows past Whisper's 30 s window).
+  `trim_s` (and never grows past Whisper's 30 s window). With an endpointer
+  (scenarios/stream_endpoint.py, whisper_streaming's VAC): where speech ended before a pause, the
+  hypothesis up to there is committed without waiting for agreement and the buffer restarts
+  there; a buffer with no speech in it is not decoded.
 - Chunked, for frame-synchronous models (CTC, transducers without a native streaming mode): audio
   up to `right_s` before the newest sample is finalised frame by frame; each update runs the model
   on [first unfinalised frame - left_s, newest sample], keeps the labels of the frames it
@@ -28,8 +31,12 @@ import numpy as np
 
 from asrperf.engines.base import Engine, Word
 from asrperf.engines.windows import WINDOW_S
+from asrperf.scenarios.stream_endpoint import CONTEXT_S, Endpointer, SileroVad
 
 SENTENCE_END = (".", "?", "!")
+# an endpoint commits the words that end by the end of speech plus this: Whisper's word ends (DTW on
+# 20 ms frames) run up to ~0.1 s past where the detector hears speech stop
+END_SLACK_S = 0.2
 TRAILING_QUOTES = "\"')]}"
 
 
@@ -83,20 +90,26 @@ class LocalAgreement(Policy):
     NGRAM_DEDUPE = 5  # up to this many words repeated at the buffer start are dropped (whisper_streaming)
 
     def __init__(self, engine: Engine, sample_rate: int, agreement: int = 2, trim_s: float = 15.0,
-                 prompt_chars: int = 200) -> None:
+                 prompt_chars: int = 200, endpointer: Endpointer | None = None) -> None:
         super().__init__(engine, sample_rate)
         if agreement < 2:
             raise ValueError("LocalAgreement needs at least 2 hypotheses to agree")
         self.agreement, self.trim_s, self.prompt_chars = agreement, trim_s, prompt_chars
+        self.endpointer = endpointer  # None: pure LocalAgreement-n
         self.offset_s = 0.0  # where the buffer starts in the stream's audio
         self.committed: list[Word] = []  # stream times
         self.tails: list[list[Word]] = []  # the last agreement-1 hypotheses, committed words removed
         self.forced_trims = 0  # times the buffer hit 30 s with nothing committed to cut at
+        self.endpoints = 0  # updates that committed at an end of speech
+        self.skipped = 0  # updates not decoded: no speech in the buffer
 
     def settings(self) -> dict[str, Any]:
+        endpoint = self.endpointer.settings() if self.endpointer else {"endpoint": "none"}
         return {"agreement": self.agreement, "trim_s": self.trim_s, "trim_at": "second-to-last committed sentence end",
                 "prompt_chars": self.prompt_chars, "max_buffer_s": self.MAX_BUFFER_S,
-                "forced_trims": self.forced_trims}
+                "forced_trims": self.forced_trims, **endpoint,
+                **({"endpoint_slack_s": END_SLACK_S, "endpoints": self.endpoints, "skipped_updates": self.skipped}
+                   if self.endpointer else {})}
 
     def warm_up(self, audio: np.ndarray) -> None:
         self.engine.transcribe_words(audio[: int(self.MAX_BUFFER_S * self.rate)], self.rate)
@@ -117,6 +130,8 @@ class LocalAgreement(Policy):
         committed end (0.1 s slack), less up to 5 words that repeat the committed tail at its start."""
         last_end = self.committed[-1].end_s if self.committed else self.offset_s
         new = [w for w in words if w.start_s > last_end - 0.1]
+        if self.endpointer:  # a buffer restarted in silence: Whisper may continue the prompt with a word
+            new = [w for w in new if w.end_s > self.offset_s + 1e-9]  # it gives no time in the buffer; not heard
         in_buffer = [w for w in self.committed if w.end_s > self.offset_s]
         if new and in_buffer and abs(new[0].start_s - last_end) < 1.0:
             for n in range(1, min(len(in_buffer), len(new), self.NGRAM_DEDUPE) + 1):
@@ -138,16 +153,42 @@ class LocalAgreement(Policy):
         end_s = len(audio) / self.rate
         if end_s - self.offset_s > self.MAX_BUFFER_S:
             self._cut_for_window(end_s)
+        heard = self.endpointer.look(audio, self.rate, self.offset_s) if self.endpointer else None
+        if heard is not None and not heard.speech and heard.from_s <= self.offset_s + 1e-9:
+            # nothing spoken since the buffer start: no decode; what a decode of silence showed is dropped,
+            # and the buffer keeps only the audio the detector reads again next time
+            self.skipped += 1
+            self.tails = []
+            self._cut(end_s - self.endpointer.silence_s - CONTEXT_S)
+            return Shown(tuple(w.text for w in self.committed))
         buffer = audio[int(round(self.offset_s * self.rate)):]
         words = self.engine.transcribe_words(buffer, self.rate, self.prompt())
         new = self.insert([Word(w.text, w.start_s + self.offset_s, w.end_s + self.offset_s) for w in words])
         agreed = self.agree(new)
+        shown = self.tails[-1]
         if final:  # the stream ended: the last hypothesis is all there is
             self.committed += self.tails[-1]
-            self.tails = [[]]
+            self.tails, shown = [[]], []
+        elif heard is not None and heard.speech_end_s is not None and heard.speech_end_s > self.offset_s + 1e-9:
+            shown = self._endpoint(heard.speech_end_s)
         elif agreed and end_s - self.offset_s > self.trim_s:
             self._trim_at_sentence()
-        return Shown(tuple(w.text for w in self.committed), tuple(w.text for w in self.tails[-1]))
+        return Shown(tuple(w.text for w in self.committed), tuple(w.text for w in shown))
+
+    def _endpoint(self, speech_end_s: float) -> list[Word]:
+        """Speech ended at `speech_end_s`: commit the hypothesis up to there, restart the buffer there and
+        the agreement afresh; returns the words after it (shown, not kept for agreement)."""
+        rest = self.tails[-1]
+        n = 0
+        while n < len(rest) and rest[n].end_s <= speech_end_s + END_SLACK_S:
+            n += 1
+        # their ends held to where speech stopped: the next words (decoded from there) start after them,
+        # and they are in the prompt
+        self.committed += [Word(w.text, min(w.start_s, speech_end_s), min(w.end_s, speech_end_s)) for w in rest[:n]]
+        self.endpoints += 1
+        self.tails = []
+        self._cut(speech_end_s)
+        return rest[n:]
 
     def _trim_at_sentence(self) -> None:
         ends = [i for i, w in enumerate(self.committed[:-1]) if _ends_sentence(w) and w.end_s > self.offset_s]
@@ -185,7 +226,9 @@ class Chunked(Policy):
     def settings(self) -> dict[str, Any]:
         return {"left_context_s": self.left_s, "right_context_s": self.right_s,
                 "frame_s": self.hop / self.rate if self.hop else None,
-                "merge": "CTC collapse over the frames of every chunk" if self.ctc else "tokens of every chunk in order"}
+                "merge": "CTC collapse over the frames of every chunk" if self.ctc else "tokens of every chunk in order",
+                "endpoint": "does not apply: audio is final frame by frame after the right context, with no "
+                            "agreement to wait for"}
 
     def warm_up(self, audio: np.ndarray) -> None:
         self.engine.frame_labels(audio[: int((self.left_s + 1.0 + self.right_s) * self.rate)], self.rate)
@@ -215,7 +258,9 @@ class Chunked(Policy):
 def make_policy(kind: str, engine: Engine, sample_rate: int, settings: Any) -> Policy:
     """A fresh policy of `kind` for one stream, from the run's streaming settings (config.StreamingConfig)."""
     if kind == "local_agreement":
-        return LocalAgreement(engine, sample_rate, settings.agreement, settings.trim_s, settings.prompt_chars)
+        endpointer = Endpointer(SileroVad(), settings.endpoint_silence_ms / 1000) if settings.endpoint == "vad" else None
+        return LocalAgreement(engine, sample_rate, settings.agreement, settings.trim_s, settings.prompt_chars,
+                              endpointer)
     if kind == "chunked":
         return Chunked(engine, sample_rate, settings.left_context_ms / 1000, settings.right_context_ms / 1000)
     raise ValueError(f"unknown streaming policy '{kind}'")

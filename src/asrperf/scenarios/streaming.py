@@ -23,7 +23,7 @@ from asrperf.measure.word_align import align_words
 from asrperf.scenarios.base import CellContext, Scenario
 from asrperf.scenarios.stream_capacity import StreamJob, judge, search, threaded_probe
 from asrperf.scenarios.stream_clock import run_stream
-from asrperf.scenarios.stream_policies import Chunked, Policy, make_policy
+from asrperf.scenarios.stream_policies import Chunked, LocalAgreement, Policy, make_policy
 
 WINDOW_S = 30.0  # offline word timestamps: whole utterances packed into windows of at most this
 UPDATE_FIELDS = ("audio_end_s", "n_chunks", "ready_s", "done_s", "compute_s", "n_committed", "n_tentative",
@@ -78,7 +78,21 @@ def policy_label(policy: Policy, engine: Engine) -> str:
         native = "" if policy.ctc else f", not cache-aware: engine {engine.name} has no native streaming mode"
         return (f"chunked ({frames} frames merged at seams, left {1000 * s['left_context_s']:g} ms, "
                 f"right {1000 * s['right_context_s']:g} ms{native})")
-    return f"LocalAgreement-{s['agreement']} on engine {engine.name}'s word timestamps, committed text as prompt"
+    endpoint = (f", {s['endpoint_vad']} VAD endpoint after {s['endpoint_silence_ms']} ms of silence"
+                if s["endpoint"] == "vad" else ", no endpoint")
+    return f"LocalAgreement-{s['agreement']} on engine {engine.name}'s word timestamps, committed text as prompt{endpoint}"
+
+
+def _endpoint_fields(policies: list[Policy]) -> dict[str, Any]:
+    """The endpoint the streams ran ("vad", "none"; absent where it does not apply) and, with one,
+    how often it fired and how many updates it spared a decode, over all streams."""
+    if not isinstance(policies[-1], LocalAgreement):
+        return {}
+    out: dict[str, Any] = {"stream_endpoint": "vad" if policies[-1].endpointer else "none"}
+    if policies[-1].endpointer:
+        out.update(stream_n_endpoints=sum(p.endpoints for p in policies),
+                   stream_n_skipped_updates=sum(p.skipped for p in policies))
+    return out
 
 
 def _summary(m: StreamMetrics) -> dict[str, Any]:
@@ -146,9 +160,10 @@ class StreamingScenario(Scenario):
                 timings = {}
         traces: list[StreamTrace] = []
         total, samples, methods = StreamMetrics(), [], set()
-        policy = None
+        policies: list[Policy] = []
         for c in clips:
             policy = new_policy()
+            policies.append(policy)
             trace = run_stream(policy, c.audio, rate, chunk_s, settings.clock, c.id,
                                **_trace_fields(c, timings.get(c.id, [])))
             m, method = stream_metrics(trace)
@@ -157,7 +172,7 @@ class StreamingScenario(Scenario):
             methods.add(method)
             samples.append(_stream_sample(trace, m))
         row.update(_summary(total), stream_policy_label=policy_label(policy, engine),
-                   stream_policy_settings=policy.settings(), stream_n_streams=len(traces),
+                   stream_policy_settings=policy.settings(), **_endpoint_fields(policies), stream_n_streams=len(traces),
                    stream_n_updates=sum(len(t.updates) for t in traces), stream_n_chunks=sum(t.n_chunks for t in traces),
                    stream_samples=samples, keeps_up=(total.deadline_miss_share or 0.0) <= settings.max_miss_share)
         method = methods.pop() if len(methods) == 1 else "none"
