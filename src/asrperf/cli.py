@@ -256,9 +256,12 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
             if r.get("trace_path"):
                 console.print(f"trace (open in chrome://tracing or Perfetto): {escape(r['trace_path'])}")
     else:
-        recs = recommend(rows, limits, allow_contended=allow_contended)
-        tables = (study_tables(rows) + profile_tables(rows) + streaming_tables(rows) + serving_tables(rows)
-                  + [recommendations_table(recs)])
+        from asrperf.report.dataset_tables import dataset_tables, is_whole_utterance
+
+        clip_rows = [r for r in rows if not is_whole_utterance(r)]  # `asrperf eval` rows: the dataset table only
+        recs = recommend(clip_rows, limits, allow_contended=allow_contended)
+        tables = (study_tables(clip_rows) + profile_tables(clip_rows) + streaming_tables(clip_rows)
+                  + serving_tables(clip_rows) + dataset_tables(rows) + [recommendations_table(recs)])
     env_text = [line for r, e in envs for line in environment_lines(e, r)]
     if fmt == "markdown":
         md_tables = tables if scenarios else tables[-1:] + tables[:-1]  # the recommendations first
@@ -272,8 +275,8 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
         from asrperf.report.summary import render_answer_rich
         from asrperf.run.coverage import engine_offers
 
-        out.print(render_answer_rich(rows, [r for r in runs if run_id == "all" or r["run_id"] == rid], recs,
-                                     engine_offers(rows)))
+        out.print(render_answer_rich(clip_rows, [r for r in runs if run_id == "all" or r["run_id"] == rid], recs,
+                                     engine_offers(clip_rows)))
         out.print()
     out.print(render_rich(tables))
     for line in env_text:
@@ -304,7 +307,9 @@ def _write_html(rows: list[dict], runs: list[dict], html: Path | None, plots_dir
     from asrperf.report.plots import make_plots, write_pngs
     from asrperf.run.coverage import engine_offers
 
-    plots = make_plots(rows)
+    from asrperf.report.dataset_tables import is_whole_utterance
+
+    plots = make_plots([r for r in rows if not is_whole_utterance(r)])  # `asrperf eval` rows have no clip length
     for p in plots:
         if p.missing:
             console.print(f"plot {p.title}: {p.missing}", markup=False, highlight=False)
@@ -314,7 +319,7 @@ def _write_html(rows: list[dict], runs: list[dict], html: Path | None, plots_dir
     if html:
         html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(render_html(rows, runs, plots, thresholds=limits, allow_contended=allow_contended,
-                                    engine_offers=engine_offers(rows)),
+                                    engine_offers=engine_offers([r for r in rows if not is_whole_utterance(r)])),
                         encoding="utf-8")
         console.print(f"wrote {html} ({len(rows)} cell(s), {sum(p.png is not None for p in plots)} plot(s))",
                       markup=False, highlight=False)

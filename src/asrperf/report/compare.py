@@ -29,7 +29,8 @@ from asrperf.report.tables import MISSING, contention_note, md_escape
 # label may change between runs), "weights_requested" is known even for a cell that failed to load
 IDENTITY = ("model_name", "engine", "dtype", "weights_requested", "clip_length_s", "batch_size", "device", "threads",
             "scenario", "variant", "chunk_ms",  # chunk_ms: streaming cells only (None elsewhere)
-            "server_setup")  # server cells only: batcher settings, load plan and SLO (report/serving_compare.py)
+            "server_setup",  # server cells only: batcher settings, load plan and SLO (report/serving_compare.py)
+            "dataset_source_key")  # asrperf eval cells only: the source's content key (None elsewhere)
 ENV_KEYS = ("hostname", "cpu_model", "usable_cores", "memory_bytes", "gpus", "platform", "python", "asrperf_version",
             "asrperf_git_commit")
 REGRESSION, IMPROVEMENT = "regression", "improvement"
@@ -116,6 +117,8 @@ METHODS = [
     "WER, CER: corpus-level after Whisper English normalisation; change = B - A in points; 95% CI: paired bootstrap "
     "over clips (both runs scored on the same resample); threshold relative to A's WER",
     "peak RSS, energy: one value per cell, shown as a plain change and 'not tested'",
+    "dataset cells (asrperf eval): RTFx = Σ audio s / Σ batch s, on the same batch plan CI by the same bootstrap "
+    "over the batch seconds; wall RTFx a plain change; WER/CER paired over the utterances",
     "server cells: max sustainable rate (ratio, range from the searches' brackets), p99 and goodput at the highest "
     "offered rate both probed within 10% (bootstrap ratio of p99s; Newcombe interval), WER of the served transcripts "
     "(paired); see report/serving_compare.py",
@@ -182,11 +185,18 @@ def identity(row: dict[str, Any]) -> tuple:
     return tuple(json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for v in values)
 
 
+def _length(row: dict[str, Any]) -> str:
+    """The clip length; an `asrperf eval` row has whole utterances of a source instead."""
+    if row.get("clip_length_s") is None:
+        return f"whole utterances of {row.get('dataset_source_key') or MISSING}"
+    return f"{row['clip_length_s']:g} s"
+
+
 def label(row: dict[str, Any]) -> str:
     variant = f" {row['variant']}" if row.get("variant") not in (None, "", "none") else ""
     batch = "searched" if row.get("scenario") == "max_throughput" else row.get("batch_size")
     return (f"{row['model']} ({row['engine']}, {row['dtype']}, {row.get('weights', row.get('weights_requested'))}"
-            f"{variant}) {row['device']} t{row['threads']} {row['clip_length_s']:g} s b{batch} {row['scenario']}"
+            f"{variant}) {row['device']} t{row['threads']} {_length(row)} b{batch} {row['scenario']}"
             + (f" {row['chunk_ms']} ms chunks" if row.get("chunk_ms") else "")
             + (f" [{row['server_setup']}]" if row.get("server_setup") else ""))
 
@@ -291,6 +301,11 @@ def compare_cells(ra: dict, rb: dict, sa: list[float], sb: list[float], threshol
             cell.metrics.append(_plain(ra, rb, key, name, unit, lambda r: f"{r.get('stream_clock')} clock",
                                        lambda r: r.get("finalization_missing_reason") or r.get("capacity_missing_reason")
                                        or "not recorded"))
+        cell.metrics += _accuracy(ra, rb, threshold, cell.notes)
+    elif ra.get("scenario") == "dataset":  # one call per planned batch: RTFx from the batch seconds, corpus WER
+        from asrperf.report.dataset_compare import dataset_metrics
+
+        cell.metrics += dataset_metrics(ra, rb, sa, sb, threshold, cell.notes)
         cell.metrics += _accuracy(ra, rb, threshold, cell.notes)
     elif ra.get("scenario") == "server":  # load probes inside the cell: rate, p99 and goodput, served WER
         from asrperf.report.serving_compare import server_metrics

@@ -98,12 +98,17 @@ def render_html(rows: list[Mapping[str, Any]], runs: list[Mapping[str, Any]], pl
     recommendations (asrperf.report.recommend.Thresholds; None: its defaults); `engine_offers` (from
     asrperf.run.coverage.engine_offers) let "not measured" name the installed engines that were not run.
     """
-    rows = list(rows)
-    data = PageData(rows, list(runs), make_plots(rows) if plots is None else list(plots))
+    from asrperf.report.dataset_tables import is_whole_utterance
+
+    # `asrperf eval` rows have no clip length: only the dataset section reads them
+    whole = [r for r in rows if is_whole_utterance(r)]
+    rows = [r for r in rows if not is_whole_utterance(r)]
+    data = PageData(rows, list(runs), make_plots(rows) if plots is None else list(plots), utterance_rows=whole)
     recs = _recommendations(rows, thresholds, allow_contended)
     n_failed = sum(r.get("status") != "ok" for r in rows)
     n_contended = sum(r.get("status") == "ok" and r.get("contended") is True for r in rows)
     run_ids = ", ".join(str(r["run_id"]) for r in data.runs) or "none"
+    evaluations = f", {len(whole)} dataset evaluation(s)" if whole else ""
     first = _first_screen(data, recs, engine_offers)
     sections, absent, claimed = [], [], set()
     for s in SECTIONS:
@@ -127,7 +132,7 @@ def render_html(rows: list[Mapping[str, Any]], runs: list[Mapping[str, Any]], pl
         f'<nav aria-label="sections"><a href="#recommendations">Answer</a>{nav}'
         + ('<a href="#other-plots">Other plots</a>' if others else "") + "</nav><main>",
         f"<h1>{e(title)}</h1>",
-        f'<p class="meta">runs: {e(run_ids)}; {len(rows)} cell(s), {n_failed} failed, {n_contended} contended; '
+        f'<p class="meta">runs: {e(run_ids)}; {len(rows)} cell(s){e(evaluations)}, {n_failed} failed, {n_contended} contended; '
         f'generated {e(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))} from the results store.</p>',
         first,
         *(html for _, html in sections),

@@ -36,13 +36,14 @@ Row = Mapping[str, Any]
 class PageData:
     """What every section body reads."""
 
-    rows: list[Row]
+    rows: list[Row]  # rows of clips (every row with a clip length)
     runs: list[Mapping[str, Any]]
     plots: list[Plot]
     shown: set[str] = field(default_factory=set)  # plot names already on the page (the first screen's)
+    utterance_rows: list[Row] = field(default_factory=list)  # asrperf eval: whole utterances, no clip length
 
     def scenario_rows(self, scenarios: tuple[str, ...]) -> list[Row]:
-        return [r for r in self.rows if (r.get("scenario") or "latency") in scenarios]
+        return [r for r in self.rows + self.utterance_rows if (r.get("scenario") or "latency") in scenarios]
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,31 @@ def _streaming(data: PageData) -> str:
     from asrperf.report.streaming_tables import streaming_tables
 
     return "".join(table_html(t) for t in streaming_tables(data.rows))
+
+
+def _dataset(data: PageData) -> str:
+    from asrperf.report.dataset_tables import (dataset_rows, dataset_tables, evaluation_label, source_text,
+                                               worst_utterances)
+
+    out = ["".join(table_html(t) for t in dataset_tables(data.scenario_rows(("dataset",))))]
+    for r in dataset_rows(data.scenario_rows(("dataset",))):
+        if r.get("status") != "ok":
+            continue
+        worst = worst_utterances(r)
+        what = f"{evaluation_label(r)}, {r['device']}, {source_text(r)}, batch {r.get('batch_size')}"
+        if not worst:
+            why = r.get("wer_missing_reason") if r.get("wer") is None else "no utterance has a word edit"
+            out.append(f'<p class="missing">Worst utterances of {e(what)}: none ({e(why or "not scored")})</p>\n')
+            continue
+        trs = "".join(f"<tr><td>{e(u.get('clip', ''))}</td><td class=\"num\">{e(format(100 * u['wer'], '.1f'))}</td>"
+                      f"<td class=\"num\">{e(u.get('word_edits'))} / {e(u.get('ref_words'))}</td>"
+                      f"<td class=\"text\">{e(u.get('ref', ''))}</td><td class=\"text\">{e(u.get('hyp', ''))}</td></tr>"
+                      for u in worst)
+        out.append(f"<details><summary>Worst utterances of {e(what)} ({len(worst)}, most word edits first)"
+                   f"</summary><div class=\"scroll\"><table><thead><tr><th>utterance</th><th>WER %</th>"
+                   f"<th>edits / ref words</th><th>reference</th><th>hypothesis</th></tr></thead><tbody>{trs}"
+                   f"</tbody></table></div></details>\n")
+    return "".join(out)
 
 
 def _guard(data: PageData) -> str:
@@ -229,6 +255,21 @@ SECTIONS: list[PageSection] = [
                  ("goodput", "share of requests meeting the SLO, Wilson 95% CI"),
                  ("WER under load", "every answered request scored; offline: the same engine on the same clips")),
                 plots=("serving-",)),
+    PageSection("dataset", "Dataset evaluation", ("dataset",), _dataset,
+                (("RTFx (OASR)", "sum of audio seconds / sum of per-batch transcription seconds, each batch timed "
+                                 "between device synchronisations (the Open ASR Leaderboard's RTFx); decoding audio "
+                                 "and loading the model are outside"),
+                 ("wall RTFx", "audio seconds / wall seconds: locally the transcription loop, on Ray the whole "
+                               "map_batches job with actor start and model loads"),
+                 ("corpus WER", "word errors over all utterances / reference words, after Whisper's English "
+                                "normaliser; 95% CI: bootstrap over utterances; random-weight models have none"),
+                 ("batches", "utterances sorted longest first, cut into consecutive batches; auto: the max-"
+                             "throughput search on the longest utterances"),
+                 ("padding policy", "the engine's declared batch padding: fixed_window (each input padded alone "
+                                    "to 30 s: batch-invariant), masked (padded to the longest, with an attention "
+                                    "mask) or unmasked (zero-padded, no mask: outputs depend on the batch); the "
+                                    "padding check transcribes the shortest utterance alone and in a batch with "
+                                    "the longest"))),
     PageSection("guard", "Busy-machine guard", (), _guard,
                 (("contended", "a timed window in which other processes used more than a set share of the cores "
                                "the cell could run on, or the cell got too little of the CPU it was ready to use"),)),
