@@ -184,11 +184,14 @@ def test_cli_eval_errors_name_the_fix(tmp_path, monkeypatch, capsys):
     assert code == 2 and "--batch: 'zero' is not a whole number >= 1 or 'auto'" in cap.err
     code, cap = _cli(monkeypatch, capsys, ["eval", "--actors", "3", "--store", str(tmp_path / "r.sqlite")])
     assert code == 2 and "--actors 3 needs --ray" in cap.err
-    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
-    from asrperf.run.ray_shards import require_ray
+    from asrperf.errors import MissingExtraError
+    from asrperf.run.ray_shards import connect
 
-    with pytest.raises(Exception, match=r"pip install 'asrperf\[ray\]'"):
-        require_ray()
+    needs = r"^`ray` is needed for asrperf eval --ray: pip install 'asrperf\[ray\]'$"
+    for missing in ("ray", "ray.data"):  # as if ray, or its Ray Data part, were not installed
+        with monkeypatch.context() as m, pytest.raises(MissingExtraError, match=needs):
+            m.setitem(sys.modules, missing, None)
+            connect(None)
 
 
 def test_cli_eval_on_ray_matches_the_local_run(tmp_path, cache_dir, monkeypatch, capsys):
