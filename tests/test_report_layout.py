@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from report_stores import guard_fields, write_store
 
-from asrperf.measure.contention import ContentionResult
 from asrperf.report import plots as plots_mod
 from asrperf.report.html import render_html
 from asrperf.report.page_sections import SECTIONS, PageSection, register_section
@@ -35,16 +35,6 @@ FIVE = [("whisper-tiny.en", "transformers", "fp32", "real", 0.09, 0.081),
         ("distil-whisper-large-v3", "transformers", "fp32", "real", 2.50, 0.040)]
 
 
-def _guard(contended: bool) -> dict:
-    if contended:
-        r = ContentionResult(wall_s=1.0, threads=2, n_cpus=2, own_cpu_s=0.8, own_wait_s=0.98, others_cpu_s=1.2,
-                             steal_s=0.0, runqueue_max=5)
-    else:
-        r = ContentionResult(wall_s=1.0, threads=2, n_cpus=2, own_cpu_s=1.9, own_wait_s=0.01, others_cpu_s=0.04,
-                             steal_s=0.0, runqueue_max=2)
-    return r.to_row()
-
-
 def _row(model: str, engine: str, dtype: str, weights: str, p50: float, wer: float | None, batch: int = 1,
          length: float = 5.0, contended: bool = False, measured: bool = True) -> dict:
     calls = 4
@@ -60,21 +50,12 @@ def _row(model: str, engine: str, dtype: str, weights: str, p50: float, wer: flo
            "rss_peak_timed_bytes": 600 * 2**20, "timing_policy": {"warmup_calls": 1, "min_calls": calls},
            "timed_region": ["feature_extraction", "host_to_device", "model_forward_and_decoding", "detokenize"],
            "tokens_policy": "real: the model ended its own decoding at end-of-text, greedy, no timestamps",
-           **_guard(contended)}
+           **guard_fields(contended)}
     if wer is not None:
         row.update(wer=wer, wer_ci_low=wer - 0.01, wer_ci_high=wer + 0.012, ref_words=400)
     else:
         row["wer_missing_reason"] = "random weights: no meaningful transcript"
     return row
-
-
-def _write(path: Path, rows: list[dict], env: dict = ENV) -> Path:
-    with Store(path) as s:
-        s.begin_run("run1", {}, env)
-        for i, r in enumerate(rows):
-            key = f"{r['model']}|{r['engine']}|{r['variant']}|{r['clip_length_s']:g}s|b{r['batch_size']}|{i}"
-            s.commit_cell("run1", key, r, 0.0, [], [r["latency_s_p50"]] * r["n_calls"])
-    return path
 
 
 def _five_rows(batches=(1,), contended_model: str = "whisper-base.en", estimated_model: str = "whisper-small.en"):
@@ -84,7 +65,7 @@ def _five_rows(batches=(1,), contended_model: str = "whisper-base.en", estimated
 
 @pytest.fixture(scope="module")
 def five_store(tmp_path_factory) -> Path:
-    return _write(tmp_path_factory.mktemp("layout") / "five.sqlite", _five_rows())
+    return write_store(tmp_path_factory.mktemp("layout") / "five.sqlite", _five_rows(), ENV)
 
 
 def _page_file(store: Path, folder: Path) -> Path:
@@ -209,7 +190,7 @@ def test_each_flag_sits_on_the_row_it_qualifies(five_store, tmp_path, open_page)
 def test_injected_script_stays_text(tmp_path, open_page):
     rows = _five_rows()
     rows[0] = {**rows[0], "model": INJECTED, "model_name": INJECTED, "tokens_policy": INJECTED}
-    path = _page_file(_write(tmp_path / "inject.sqlite", rows), tmp_path)
+    path = _page_file(write_store(tmp_path / "inject.sqlite", rows, ENV), tmp_path)
     text = path.read_text(encoding="utf-8")
     assert INJECTED not in text and text.count("<script") == 1  # the page's own script only
     assert htmllib.escape(INJECTED) in text
