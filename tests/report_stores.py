@@ -1,10 +1,14 @@
-"""Stores of hand-made rows for the report tests: rows written through the strict row schema
-(Store.commit_cell), as a run would leave them, with the busy-machine guard's figures."""
+"""Stores for the report tests: hand-made rows written through the strict row schema
+(Store.commit_cell), as a run would leave them, with the busy-machine guard's figures; and the
+HTML page of a store, as a file for the browser."""
 
 from pathlib import Path
 
 from asrperf.measure.contention import ContentionResult
+from asrperf.report.html import render_html
 from asrperf.results.store import Store
+
+INJECTED = "<script>alert(1)</script>"  # a label or transcript that must stay text on the page
 
 
 def guard_fields(contended: bool) -> dict:
@@ -29,4 +33,13 @@ def write_store(path: Path, rows: list[dict], env: dict, run_id: str = "run1", n
             key = r.get("cell_key") or (f"{r['model']}|{r['engine']}|{r['variant']}|{r['clip_length_s']:g}s"
                                         f"|b{r['batch_size']}|{i}")
             s.commit_cell(run_id, key, r, 0.0, [], [r["latency_s_p50"]] * (n_samples or r["n_calls"]))
+    return path
+
+
+def page_file(store: Path, folder: Path) -> Path:
+    """The HTML report of every row and run in `store`, written to `folder`/report.html."""
+    with Store(store) as s:
+        text = render_html(s.rows(), s.runs())
+    path = folder / "report.html"
+    path.write_text(text, encoding="utf-8")
     return path

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from report_stores import guard_fields, write_store
+from report_stores import INJECTED, guard_fields, page_file, write_store
 
 from asrperf.report import plots as plots_mod
 from asrperf.report.html import render_html
@@ -22,8 +22,6 @@ from asrperf.report.summary import not_measured
 from asrperf.results.store import Store
 from asrperf.run.coverage import engine_offers
 
-CHROMIUM = Path("/usr/bin/chromium")
-INJECTED = "<script>alert(1)</script>"
 ENV = {"cpu_model": "Test CPU 9000 with a long marketing name", "usable_cores": 8, "memory_bytes": 32 * 2**30,
        "gpus": [], "packages": {"torch": "2.5", "transformers": "4.46", "ctranslate2": None, "faster-whisper": None,
                                 "onnxruntime": None, "onnx": None}}
@@ -68,50 +66,8 @@ def five_store(tmp_path_factory) -> Path:
     return write_store(tmp_path_factory.mktemp("layout") / "five.sqlite", _five_rows(), ENV)
 
 
-def _page_file(store: Path, folder: Path) -> Path:
-    with Store(store) as s:
-        text = render_html(s.rows(), s.runs())
-    path = folder / "report.html"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def open_page(browser):
-    """open_page(path) -> (page, errors, requests): a fresh 1280x800 page on a file:// report."""
-    pages = []
-
-    def go(path: Path):
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        pages.append(page)
-        errors: list[str] = []
-        requests: list[str] = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(path.resolve().as_uri())
-        page.wait_for_load_state("load")
-        return page, errors, requests
-
-    yield go
-    for page in pages:
-        page.close()
-
-
 def test_first_screen_holds_the_answer_and_nothing_scrolls_sideways(five_store, tmp_path, open_page):
-    page, errors, requests = open_page(_page_file(five_store, tmp_path))
+    page, errors, requests = open_page(page_file(five_store, tmp_path))
     assert errors == []
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []  # no network
     recs = page.locator("ol.recs")
@@ -145,7 +101,7 @@ def _column(page, header: str) -> list[float | None]:
 
 
 def test_sorting_is_numeric_and_filtering_hides_other_engines(five_store, tmp_path, open_page):
-    page, errors, _ = open_page(_page_file(five_store, tmp_path))
+    page, errors, _ = open_page(page_file(five_store, tmp_path))
     header = page.locator("table.cells th.sortable", has_text="latency p50 ms")
     header.click()
     up = _column(page, "latency p50 ms")
@@ -171,7 +127,7 @@ def test_sorting_is_numeric_and_filtering_hides_other_engines(five_store, tmp_pa
 
 
 def test_each_flag_sits_on_the_row_it_qualifies(five_store, tmp_path, open_page):
-    page, errors, _ = open_page(_page_file(five_store, tmp_path))
+    page, errors, _ = open_page(page_file(five_store, tmp_path))
 
     def badges(model: str) -> set[str]:
         body = page.locator(f'table.cells tbody.cell[data-model="{model}"]')
@@ -190,7 +146,7 @@ def test_each_flag_sits_on_the_row_it_qualifies(five_store, tmp_path, open_page)
 def test_injected_script_stays_text(tmp_path, open_page):
     rows = _five_rows()
     rows[0] = {**rows[0], "model": INJECTED, "model_name": INJECTED, "tokens_policy": INJECTED}
-    path = _page_file(write_store(tmp_path / "inject.sqlite", rows, ENV), tmp_path)
+    path = page_file(write_store(tmp_path / "inject.sqlite", rows, ENV), tmp_path)
     text = path.read_text(encoding="utf-8")
     assert INJECTED not in text and text.count("<script") == 1  # the page's own script only
     assert htmllib.escape(INJECTED) in text
