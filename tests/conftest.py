@@ -109,3 +109,42 @@ def run_rows(tmp_path, cache_dir, tiny_source):
         return rows
 
     return go
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by playwright; skips where either is missing (.ci/run installs both)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """open_page(path) -> (page, errors, requests): a fresh 1280x800 page on a file:// report; errors
+    holds console errors, page errors and any dialog, requests every URL the page asked for."""
+    pages = []
+
+    def go(path: Path):
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        pages.append(page)
+        errors: list[str] = []
+        requests: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(path.resolve().as_uri())
+        page.wait_for_load_state("load")
+        return page, errors, requests
+
+    yield go
+    for page in pages:
+        page.close()

@@ -5,24 +5,13 @@ import json
 import sys
 
 import pytest
+from report_stores import guard_fields, write_store
 
-from asrperf.measure.contention import ContentionResult
 from asrperf.report.compare import compare
 from asrperf.report.html import render_html
 from asrperf.report.recommend import recommend
 from asrperf.report.tables import CONTENDED_MARK, study_tables, to_markdown
-from asrperf.results.store import Store, export_rows
-
-
-def guard_fields(contended: bool) -> dict:
-    # a 2-thread cell on 2 CPUs: beside a spinner (1.2 cores of others, 45% of its CPU) or alone
-    if contended:
-        r = ContentionResult(wall_s=1.0, threads=2, n_cpus=2, own_cpu_s=0.8, own_wait_s=0.98, others_cpu_s=1.2,
-                             steal_s=0.0, runqueue_max=5)
-    else:
-        r = ContentionResult(wall_s=1.0, threads=2, n_cpus=2, own_cpu_s=1.9, own_wait_s=0.01, others_cpu_s=0.04,
-                             steal_s=0.0, runqueue_max=2)
-    return r.to_row()
+from asrperf.results.store import export_rows
 
 
 def row(model: str, p50: float, contended: bool, wer: float = 0.1, run_id: str = "r1") -> dict:
@@ -74,11 +63,7 @@ def test_export_and_html_carry_the_flag(tmp_path):
 
 
 def _store(path, rows):
-    with Store(path) as s:
-        s.begin_run(rows[0]["run_id"], {}, {"cpu_model": "Test CPU"})
-        for r in rows:
-            s.commit_cell(r["run_id"], r["cell_key"], r, 0.0, [], [r["latency_s_p50"]] * 12)
-    return path
+    return write_store(path, rows, {"cpu_model": "Test CPU"}, rows[0]["run_id"], n_samples=12)
 
 
 def test_compare_leaves_contended_pairs_out_unless_allowed(tmp_path, monkeypatch, capsys):

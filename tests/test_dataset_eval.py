@@ -3,6 +3,7 @@ real tiny.en (ct2 int8) on the built-in corpus for batch and shard invariance, a
 tiny wav2vec2 for the padding pitfall, and the CLI end to end. Ray tests start a real local Ray."""
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,16 +180,40 @@ def test_cli_eval_prints_wer_ci_rtfx_and_stores_the_row(tmp_path, cache_dir, mon
     assert code == 0 and "read back from the store" in cap.err
 
 
+@pytest.mark.parametrize("flags, default_split, table", [
+    ({}, "test", None),  # none given: each command keeps its own default source
+    ({"manifest": Path("m.csv")}, "test", {"kind": "manifest", "path": "m.csv"}),
+    ({"folder": Path("audio")}, "test", {"kind": "folder", "path": "audio"}),
+    ({"hf_dataset": "ds", "hf_config": "clean"}, "validation",
+     {"kind": "hf", "path": "ds", "split": "validation", "config": "clean"}),
+    ({"hf_dataset": "ds", "split": "train"}, "test", {"kind": "hf", "path": "ds", "split": "train"}),
+])
+def test_the_source_flags_of_run_and_eval_name_one_source_table(flags, default_split, table):
+    from asrperf.run.source_flags import source_table
+
+    given = {"manifest": None, "folder": None, "hf_dataset": None, "hf_config": None, "split": None, **flags}
+    assert source_table(**given, default_split=default_split) == table
+
+
 def test_cli_eval_errors_name_the_fix(tmp_path, monkeypatch, capsys):
     code, cap = _cli(monkeypatch, capsys, ["eval", "--batch", "zero", "--store", str(tmp_path / "r.sqlite")])
     assert code == 2 and "--batch: 'zero' is not a whole number >= 1 or 'auto'" in cap.err
     code, cap = _cli(monkeypatch, capsys, ["eval", "--actors", "3", "--store", str(tmp_path / "r.sqlite")])
     assert code == 2 and "--actors 3 needs --ray" in cap.err
-    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
-    from asrperf.run.ray_shards import require_ray
+    for command in ("eval", "run"):
+        code, cap = _cli(monkeypatch, capsys, [command, "--manifest", "m.csv", "--folder", "audio",
+                                               "--store", str(tmp_path / "r.sqlite")])
+        assert code == 2 and "give one of --manifest, --folder, --hf-dataset" in cap.err
+    code, cap = _cli(monkeypatch, capsys, ["eval", "--folder", "audio", "--builtin-sentences", "3"])
+    assert code == 2 and "--builtin-sentences applies to the built-in corpus only" in cap.err
+    from asrperf.errors import MissingExtraError
+    from asrperf.run.ray_shards import connect
 
-    with pytest.raises(Exception, match=r"pip install 'asrperf\[ray\]'"):
-        require_ray()
+    needs = r"^`ray` is needed for asrperf eval --ray: pip install 'asrperf\[ray\]'$"
+    for missing in ("ray", "ray.data"):  # as if ray, or its Ray Data part, were not installed
+        with monkeypatch.context() as m, pytest.raises(MissingExtraError, match=needs):
+            m.setitem(sys.modules, missing, None)
+            connect(None)
 
 
 def test_cli_eval_on_ray_matches_the_local_run(tmp_path, cache_dir, monkeypatch, capsys):

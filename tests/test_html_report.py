@@ -11,15 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from report_stores import INJECTED, page_file
 
 from asrperf.config import config_from_dict
-from asrperf.report.html import render_html
 from asrperf.report.plots import make_plots, pareto_front
 from asrperf.results.store import Store
 from asrperf.run.runner import run
 
-CHROMIUM = Path("/usr/bin/chromium")
-INJECTED = "<script>alert(1)</script>"
 # one model at one length: only what compares is drawn (two batch sizes: the throughput curve, two energy bars);
 # latency vs length (one point) and WER vs latency (one configuration) say why they are absent
 DRAWN = {"throughput-vs-batch-cpu", "energy-cpu"}
@@ -60,34 +58,6 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "asrperf", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def _render(path: Path) -> str:
-    with Store(path) as s:
-        return render_html(s.rows(), s.runs())
-
-
-@pytest.fixture(scope="module")
-def page():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        yield browser.new_page(viewport={"width": 1300, "height": 900})
-        browser.close()
-
-
-def _open(page, path: Path) -> tuple[list[str], list[str]]:
-    """Load a file:// page; returns (console errors and page errors, dialog messages)."""
-    errors: list[str] = []
-    dialogs: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    page.goto(path.resolve().as_uri())
-    page.wait_for_load_state("load")
-    return errors, dialogs
-
-
 def test_cli_writes_page_and_pngs(store, tmp_path):
     res = _cli("report", "--store", str(store), "--html", "out/report.html", "--plots-dir", "plots", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
@@ -116,11 +86,9 @@ def test_plots_dir_alone_writes_pngs(store, tmp_path):
     assert "not measured in this run" in res.stderr  # the skipped plots are named, with the reason
 
 
-def test_page_loads_in_chromium_with_drawn_plots(store, tmp_path, page):
-    path = tmp_path / "report.html"
-    path.write_text(_render(store), encoding="utf-8")
-    errors, dialogs = _open(page, path)
-    assert errors == [] and dialogs == []
+def test_page_loads_in_chromium_with_drawn_plots(store, tmp_path, open_page):
+    page, errors, _ = open_page(page_file(store, tmp_path))
+    assert errors == []  # no console error, page error or dialog
     widths = page.eval_on_selector_all("img.plot", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
     assert len(widths) == len(DRAWN) and all(w > 0 for w in widths)
     from PIL import Image
@@ -133,14 +101,13 @@ def test_page_loads_in_chromium_with_drawn_plots(store, tmp_path, page):
     assert coloured.sum() > 50
 
 
-def test_injected_markup_stays_text(injected_store, tmp_path, page):
-    text = _render(injected_store)
+def test_injected_markup_stays_text(injected_store, tmp_path, open_page):
+    path = page_file(injected_store, tmp_path)
+    text = path.read_text(encoding="utf-8")
     assert INJECTED not in text and text.count("<script") == 1  # the page's own script only
     assert htmllib.escape(INJECTED) in text
-    path = tmp_path / "inject.html"
-    path.write_text(text, encoding="utf-8")
-    errors, dialogs = _open(page, path)
-    assert dialogs == [] and errors == []
+    page, errors, _ = open_page(path)
+    assert errors == []  # no console error, page error or dialog
     header = page.locator("thead th", has_text=INJECTED).first
     assert header.is_visible()
     summary = page.locator("summary", has_text=INJECTED).first

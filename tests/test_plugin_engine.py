@@ -1,33 +1,19 @@
 """Adding an engine is one declaration (engines/capabilities.py's `EngineDecl`) and its module:
-this file is both. The config accepts it, `optimize` proposes its candidates, a run measures it in
-its own process, and the report shows its column; nothing else in asrperf was edited for it.
+this file is both (its engine is the tests' stub, tests/stub_engine.py). The config accepts it,
+`optimize` proposes its candidates, a run measures it in its own process, and the report shows its
+column; nothing else in asrperf was edited for it.
 """
 
-import time
-
-import numpy as np
+from stub_engine import SERVICE_S, StubEngine
 
 from asrperf.config import config_from_dict
-from asrperf.engines.base import Engine, ModelSpec, Transcription
 from asrperf.engines.capabilities import EngineDecl, register
 from asrperf.report.tables import study_tables, to_markdown
 from asrperf.run.optimize import candidates
 
-SERVICE_S = 0.02
 
-
-class EchoEngine(Engine):
-    """Answers every clip with its length in words after a fixed service time."""
-
+class EchoEngine(StubEngine):
     name = "toy_echo"
-
-    def load(self, spec: ModelSpec, weights: str, dtype: str, device: str) -> None:
-        self._info.update(weights="random", weights_source="none: a toy", dtype=dtype, device=device,
-                          engine_version="0", decoding="none", toy_service_s=SERVICE_S)
-
-    def transcribe(self, audios: list[np.ndarray], sample_rate: int) -> Transcription:
-        time.sleep(SERVICE_S)
-        return Transcription([f"{len(a) / sample_rate:.0f} seconds" for a in audios], [2] * len(audios))
 
 
 register(EngineDecl(

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from report_stores import INJECTED, guard_fields, page_file, write_store
 
-from asrperf.measure.contention import ContentionResult
 from asrperf.report import plots as plots_mod
 from asrperf.report.html import render_html
 from asrperf.report.page_sections import SECTIONS, PageSection, register_section
@@ -22,8 +22,6 @@ from asrperf.report.summary import not_measured
 from asrperf.results.store import Store
 from asrperf.run.coverage import engine_offers
 
-CHROMIUM = Path("/usr/bin/chromium")
-INJECTED = "<script>alert(1)</script>"
 ENV = {"cpu_model": "Test CPU 9000 with a long marketing name", "usable_cores": 8, "memory_bytes": 32 * 2**30,
        "gpus": [], "packages": {"torch": "2.5", "transformers": "4.46", "ctranslate2": None, "faster-whisper": None,
                                 "onnxruntime": None, "onnx": None}}
@@ -33,16 +31,6 @@ FIVE = [("whisper-tiny.en", "transformers", "fp32", "real", 0.09, 0.081),
         ("whisper-small.en", "ct2", "int8", "real", 1.20, 0.045),
         ("wav2vec2-base", "transformers", "fp32", "random", 0.05, None),
         ("distil-whisper-large-v3", "transformers", "fp32", "real", 2.50, 0.040)]
-
-
-def _guard(contended: bool) -> dict:
-    if contended:
-        r = ContentionResult(wall_s=1.0, threads=2, n_cpus=2, own_cpu_s=0.8, own_wait_s=0.98, others_cpu_s=1.2,
-                             steal_s=0.0, runqueue_max=5)
-    else:
-        r = ContentionResult(wall_s=1.0, threads=2, n_cpus=2, own_cpu_s=1.9, own_wait_s=0.01, others_cpu_s=0.04,
-                             steal_s=0.0, runqueue_max=2)
-    return r.to_row()
 
 
 def _row(model: str, engine: str, dtype: str, weights: str, p50: float, wer: float | None, batch: int = 1,
@@ -60,21 +48,12 @@ def _row(model: str, engine: str, dtype: str, weights: str, p50: float, wer: flo
            "rss_peak_timed_bytes": 600 * 2**20, "timing_policy": {"warmup_calls": 1, "min_calls": calls},
            "timed_region": ["feature_extraction", "host_to_device", "model_forward_and_decoding", "detokenize"],
            "tokens_policy": "real: the model ended its own decoding at end-of-text, greedy, no timestamps",
-           **_guard(contended)}
+           **guard_fields(contended)}
     if wer is not None:
         row.update(wer=wer, wer_ci_low=wer - 0.01, wer_ci_high=wer + 0.012, ref_words=400)
     else:
         row["wer_missing_reason"] = "random weights: no meaningful transcript"
     return row
-
-
-def _write(path: Path, rows: list[dict], env: dict = ENV) -> Path:
-    with Store(path) as s:
-        s.begin_run("run1", {}, env)
-        for i, r in enumerate(rows):
-            key = f"{r['model']}|{r['engine']}|{r['variant']}|{r['clip_length_s']:g}s|b{r['batch_size']}|{i}"
-            s.commit_cell("run1", key, r, 0.0, [], [r["latency_s_p50"]] * r["n_calls"])
-    return path
 
 
 def _five_rows(batches=(1,), contended_model: str = "whisper-base.en", estimated_model: str = "whisper-small.en"):
@@ -84,53 +63,11 @@ def _five_rows(batches=(1,), contended_model: str = "whisper-base.en", estimated
 
 @pytest.fixture(scope="module")
 def five_store(tmp_path_factory) -> Path:
-    return _write(tmp_path_factory.mktemp("layout") / "five.sqlite", _five_rows())
-
-
-def _page_file(store: Path, folder: Path) -> Path:
-    with Store(store) as s:
-        text = render_html(s.rows(), s.runs())
-    path = folder / "report.html"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def open_page(browser):
-    """open_page(path) -> (page, errors, requests): a fresh 1280x800 page on a file:// report."""
-    pages = []
-
-    def go(path: Path):
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        pages.append(page)
-        errors: list[str] = []
-        requests: list[str] = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(path.resolve().as_uri())
-        page.wait_for_load_state("load")
-        return page, errors, requests
-
-    yield go
-    for page in pages:
-        page.close()
+    return write_store(tmp_path_factory.mktemp("layout") / "five.sqlite", _five_rows(), ENV)
 
 
 def test_first_screen_holds_the_answer_and_nothing_scrolls_sideways(five_store, tmp_path, open_page):
-    page, errors, requests = open_page(_page_file(five_store, tmp_path))
+    page, errors, requests = open_page(page_file(five_store, tmp_path))
     assert errors == []
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []  # no network
     recs = page.locator("ol.recs")
@@ -164,7 +101,7 @@ def _column(page, header: str) -> list[float | None]:
 
 
 def test_sorting_is_numeric_and_filtering_hides_other_engines(five_store, tmp_path, open_page):
-    page, errors, _ = open_page(_page_file(five_store, tmp_path))
+    page, errors, _ = open_page(page_file(five_store, tmp_path))
     header = page.locator("table.cells th.sortable", has_text="latency p50 ms")
     header.click()
     up = _column(page, "latency p50 ms")
@@ -190,7 +127,7 @@ def test_sorting_is_numeric_and_filtering_hides_other_engines(five_store, tmp_pa
 
 
 def test_each_flag_sits_on_the_row_it_qualifies(five_store, tmp_path, open_page):
-    page, errors, _ = open_page(_page_file(five_store, tmp_path))
+    page, errors, _ = open_page(page_file(five_store, tmp_path))
 
     def badges(model: str) -> set[str]:
         body = page.locator(f'table.cells tbody.cell[data-model="{model}"]')
@@ -209,7 +146,7 @@ def test_each_flag_sits_on_the_row_it_qualifies(five_store, tmp_path, open_page)
 def test_injected_script_stays_text(tmp_path, open_page):
     rows = _five_rows()
     rows[0] = {**rows[0], "model": INJECTED, "model_name": INJECTED, "tokens_policy": INJECTED}
-    path = _page_file(_write(tmp_path / "inject.sqlite", rows), tmp_path)
+    path = page_file(write_store(tmp_path / "inject.sqlite", rows, ENV), tmp_path)
     text = path.read_text(encoding="utf-8")
     assert INJECTED not in text and text.count("<script") == 1  # the page's own script only
     assert htmllib.escape(INJECTED) in text

@@ -18,6 +18,7 @@ from rich.markup import escape  # messages hold "asrperf[ct2]"-style extras that
 
 from asrperf.config import RunConfig, config_from_dict, default_config_dict, default_dtype, load_config
 from asrperf.errors import AsrperfError, ConfigError
+from asrperf.run.source_flags import FOLDER_OPTION, HF_CONFIG_OPTION, HF_DATASET_OPTION, MANIFEST_OPTION, source_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=False,
                   help="Benchmark and profile ASR models: measured latency, throughput, RTFx, memory and WER.",
@@ -78,16 +79,9 @@ def _build_config(
                        ("executor", executor), ("ray_address", ray_address)):
         if value is not None:
             changes[key] = value
-    sources = [s for s in (manifest, folder, hf_dataset) if s]
-    if len(sources) > 1:
-        raise ConfigError("give one of --manifest, --folder, --hf-dataset")
-    if manifest:
-        changes["source"] = {"kind": "manifest", "path": str(manifest)}
-    elif folder:
-        changes["source"] = {"kind": "folder", "path": str(folder)}
-    elif hf_dataset:
-        changes["source"] = {"kind": "hf", "path": hf_dataset, "split": split or "validation",
-                             **({"config": hf_config} if hf_config else {})}
+    source = source_table(manifest, folder, hf_dataset, hf_config, split, "validation")
+    if source:
+        changes["source"] = source
     return dataclasses.replace(base, **changes).validate()
 
 
@@ -112,10 +106,10 @@ def run(
     longform: Optional[str] = typer.Option(None, help="sequential | batched: Whisper clips over 30 s one window after another (OpenAI), or cut at pauses into windows decoded together (engines transformers, ct2)."),
     scenario: list[str] = typer.Option([], "--scenario", "-s", help="latency | max_throughput | profile | decode | streaming | server (repeatable or comma-separated; default latency)."),
     chunk_ms: Optional[str] = typer.Option(None, "--chunk-ms", help="Streaming chunk sizes in ms, e.g. 500,1000 (scenario streaming)."),
-    manifest: Optional[Path] = typer.Option(None, help="CSV/TSV/JSONL manifest with audio and text columns."),
-    folder: Optional[Path] = typer.Option(None, help="Folder of audio files with same-name .txt transcripts."),
-    hf_dataset: Optional[str] = typer.Option(None, help="Hugging Face dataset name or save_to_disk folder."),
-    hf_config: Optional[str] = typer.Option(None, help="Dataset configuration name."),
+    manifest: Optional[Path] = MANIFEST_OPTION,
+    folder: Optional[Path] = FOLDER_OPTION,
+    hf_dataset: Optional[str] = HF_DATASET_OPTION,
+    hf_config: Optional[str] = HF_CONFIG_OPTION,
     split: Optional[str] = typer.Option(None, help="Dataset split (default validation)."),
     store: Optional[Path] = typer.Option(None, help="Results database (SQLite)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Where corpora, clips and converted weights are cached."),

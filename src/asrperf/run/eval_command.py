@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from asrperf.errors import ConfigError
+from asrperf.run.source_flags import FOLDER_OPTION, HF_CONFIG_OPTION, HF_DATASET_OPTION, MANIFEST_OPTION, source_table
 
 console = Console(stderr=True)
 out = Console() if Console().is_terminal else Console(width=200)
@@ -18,18 +19,10 @@ out = Console() if Console().is_terminal else Console(width=200)
 
 def _source(manifest: Path | None, folder: Path | None, hf_dataset: str | None, hf_config: str | None,
             split: str | None, builtin_sentences: int | None) -> dict[str, Any]:
-    given = [s for s in (manifest, folder, hf_dataset) if s]
-    if len(given) > 1:
-        raise ConfigError("give one of --manifest, --folder, --hf-dataset")
+    given = source_table(manifest, folder, hf_dataset, hf_config, split, "test")
     if builtin_sentences is not None and given:
         raise ConfigError("--builtin-sentences applies to the built-in corpus only; drop it with a data source")
-    if manifest:
-        return {"kind": "manifest", "path": str(manifest)}
-    if folder:
-        return {"kind": "folder", "path": str(folder)}
-    if hf_dataset:
-        return {"kind": "hf", "path": hf_dataset, "split": split or "test", **({"config": hf_config} if hf_config else {})}
-    return {"kind": "builtin", **({"n_sentences": builtin_sentences} if builtin_sentences is not None else {})}
+    return given or {"kind": "builtin", **({"n_sentences": builtin_sentences} if builtin_sentences is not None else {})}
 
 
 def _batch(text: str) -> int:
@@ -54,10 +47,10 @@ def eval_command(
     memory_budget_gib: float = typer.Option(0.0, help="Auto search: stop before this much device memory (0: none)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     threads: int = typer.Option(0, help="CPU threads per engine (0: all cores; on Ray, the cluster's CPUs / actors)."),
-    manifest: Optional[Path] = typer.Option(None, help="CSV/TSV/JSONL manifest with audio and text columns."),
-    folder: Optional[Path] = typer.Option(None, help="Folder of audio files with same-name .txt transcripts."),
-    hf_dataset: Optional[str] = typer.Option(None, help="Hugging Face dataset name or save_to_disk folder."),
-    hf_config: Optional[str] = typer.Option(None, help="Dataset configuration name."),
+    manifest: Optional[Path] = MANIFEST_OPTION,
+    folder: Optional[Path] = FOLDER_OPTION,
+    hf_dataset: Optional[str] = HF_DATASET_OPTION,
+    hf_config: Optional[str] = HF_CONFIG_OPTION,
     split: Optional[str] = typer.Option(None, help="Dataset split (default test)."),
     builtin_sentences: Optional[int] = typer.Option(None, help="Built-in corpus (the default source): its first N sentences (default all 120)."),
     ray: bool = typer.Option(False, "--ray", help="Shard the batches over a Ray Data actor pool (pip install 'asrperf[ray]')."),

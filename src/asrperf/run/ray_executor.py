@@ -43,9 +43,9 @@ NODE_DEATH_WAIT_S = 30.0  # how long a crashed worker's node may take to be decl
 ENV_WAIT_S = 60.0  # how long a node's environment capture may take before its rows go without it
 
 
-def require_ray() -> Any:
-    """The `ray` module, or one MissingExtraError naming the extra."""
-    return require("ray", "executor ray", "ray")
+def require_ray(needed_for: str = "executor ray") -> Any:
+    """The `ray` module, or one MissingExtraError naming the extra and what `needed_for` it."""
+    return require("ray", needed_for, "ray")
 
 
 def cell_resources(device: str, threads: int) -> dict[str, float]:

@@ -24,18 +24,9 @@ import numpy as np
 
 from asrperf.config import ModelConfig
 from asrperf.data.audio import Utterance
-from asrperf.errors import ConfigError
+from asrperf.errors import ConfigError, require
+from asrperf.run.ray_executor import require_ray
 from asrperf.scenarios.dataset import BatchOutput
-
-
-def require_ray() -> Any:
-    """Import ray, or one clear error naming the extra."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise ConfigError("`ray` is needed for asrperf eval --ray: pip install 'asrperf[ray]'") from None
-    return ray
 
 
 @dataclass(frozen=True)
@@ -114,7 +105,9 @@ class RayRun:
 def connect(address: str | None) -> tuple[Any, bool]:
     """ray, connected (to `address`, the running session, or a new local cluster); True when this
     call started it (the caller shuts it down)."""
-    ray = require_ray()
+    ray = require_ray("asrperf eval --ray")
+    # `ray.data` is imported on first use: a broken Ray Data install fails here, not mid-evaluation
+    require("ray.data", "asrperf eval --ray", "ray", package="ray")
     if ray.is_initialized():
         return ray, False
     # "local": always a new cluster on this machine, never one some other process left running
