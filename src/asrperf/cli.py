@@ -273,7 +273,7 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
         from asrperf.run.coverage import engine_offers
 
         out.print(render_answer_rich(rows, [r for r in runs if run_id == "all" or r["run_id"] == rid], recs,
-                                     engine_offers(rows)))
+                                     engine_offers(rows), allow_contended))
         out.print()
     out.print(render_rich(tables))
     for line in env_text:

@@ -298,14 +298,18 @@ def recommend(rows: Iterable[Row], thresholds: Thresholds = Thresholds(),
         if allow_contended or not busy:
             out += _device_recommendations(device, rs, thresholds)
             continue
-        caveat = (f"{len(busy)} contended row(s) left out (measured on a busy machine; "
-                  "--allow-contended includes them)")
+        caveat = contended_caveat(len(busy))
         quiet = [r for r in rs if r.get("contended") is not True]
         recs = _device_recommendations(device, quiet, thresholds) if quiet else [
             _missing(s, device, "every row on this device was contended", "no row measured on a quiet machine")
             for s in SCENARIO_NAMES]
         out += [dataclasses.replace(rec, caveats=rec.caveats + (caveat,)) for rec in recs]
     return out
+
+
+def contended_caveat(n: int) -> str:
+    """The caveat every recommendation of a device gets when `n` of its rows were left out as contended."""
+    return f"{n} contended row(s) left out (measured on a busy machine; --allow-contended includes them)"
 
 
 SCENARIO_NAMES = ("real-time", "balanced", "best quality", "throughput", "energy", "low memory (edge)")
@@ -499,6 +503,25 @@ def _edge(device: str, b1: list[Row], longest: float, th: Thresholds, wer_txt: s
         return f"{v:,.0f} MiB ({what}{method}), p50 {_ms(r['latency_s_p50'])}; {_wer_text(r)}"
 
     return _rec(scenario, device, criterion, pick, why)
+
+
+def shared_caveats(recs: list[Recommendation]) -> dict[str, tuple[str, ...]]:
+    """Per device, the caveats every one of its recommendations has (contended rows left out, ...):
+    said once per device rather than on each line."""
+    out = {}
+    for device in dict.fromkeys(r.device for r in recs):
+        mine = [r for r in recs if r.device == device]
+        out[device] = tuple(c for c in mine[0].caveats if all(c in r.caveats for r in mine[1:])) if len(mine) > 1 else ()
+    return out
+
+
+def pick_lines(recs: list[Recommendation]) -> list[tuple[str, str, str, str]]:
+    """(scenario, choice, why, caveats) per recommendation, worded once for the first screen and the
+    full table alike; the caveats shared by a whole device are left to `shared_caveats`."""
+    devices = {r.device for r in recs}
+    shared = shared_caveats(recs)
+    return [(r.scenario if len(devices) == 1 else f"{r.scenario} [{r.device}]", r.choice or MISSING, r.why,
+             "; ".join(c for c in r.caveats if c not in shared[r.device])) for r in recs]
 
 
 def recommendations_table(recs: list[Recommendation]) -> Table:
