@@ -528,10 +528,11 @@ def recommendations_table(recs: list[Recommendation]) -> Table:
     """One table for terminal and markdown: a row per scenario (and device), the rules in the notes."""
     devices = list(dict.fromkeys(r.device for r in recs))
     t = Table("Recommendations (derived from the measurements above)", ["Choice", "Why", "Ties"], corner="Scenario")
-    for r in recs:
-        name = r.scenario if len(devices) == 1 else f"{r.scenario} [{r.device}]"
-        why = "; ".join((r.why, *r.caveats))
-        t.rows.append((name, [r.choice or MISSING, why, "; ".join(r.ties) or MISSING]))
+    for (name, choice, why, caveats), r in zip(pick_lines(recs), recs):
+        t.rows.append((name, [choice, f"{why}; caveats: {caveats}" if caveats else why, "; ".join(r.ties) or MISSING]))
+    for device, common in shared_caveats(recs).items():
+        if common:
+            t.notes.append(f"every recommendation{'' if len(devices) == 1 else f' [{device}]'}: {'; '.join(common)}")
     for r in recs:
         t.notes.append(f"{r.scenario}{'' if len(devices) == 1 else f' [{r.device}]'}: {r.criterion}")
     if not recs:
