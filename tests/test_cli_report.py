@@ -1,6 +1,7 @@
 """The report and export paths from a store built by a real (small) run, and `doctor`."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,10 @@ def test_profile_command_is_a_one_cell_profile_run(tmp_path, cache_dir):
 
     assert Path(row["trace_path"]).is_file() and "trace (open in chrome://tracing or Perfetto)" in res.stderr
     assert "traceEvents" in json.loads(gzip.open(row["trace_path"]).read())
+
+def test_status_lines_are_not_wrapped_at_80_columns_when_piped():
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    code = "from asrperf import cli; print(cli.console.width, cli.out.width)"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert res.stdout.split() == ["200", "200"], res.stderr

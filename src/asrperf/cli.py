@@ -23,8 +23,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=False,
                   help="Benchmark and profile ASR models: measured latency, throughput, RTFx, memory and WER.",
                   context_settings={"help_option_names": ["-h", "--help"]})
 WAIT_QUIET_DEFAULT_S = 600.0  # `run --wait-quiet` without SECONDS: wait at most 10 minutes per cell
-console = Console(stderr=True)
-# tables follow the terminal (or $COLUMNS); piped to a file without COLUMNS, they are not wrapped at 80 columns
+# tables and status lines follow the terminal (or $COLUMNS); piped to a file without COLUMNS, they are
+# not wrapped at 80 columns
+console = (Console(stderr=True) if Console(stderr=True).is_terminal or os.environ.get("COLUMNS")
+           else Console(stderr=True, width=200))
 out = Console() if Console().is_terminal or os.environ.get("COLUMNS") else Console(width=200)
 
 
