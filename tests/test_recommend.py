@@ -309,3 +309,10 @@ def test_full_table_words_each_pick_as_the_first_screen_does():
     assert balanced[1] == f"{rec.why}; caveats: {rec.caveats[0]}" and f"caveats: {rec.caveats[0]}" in first
     assert rec.why in first and not any("contended" in cells[1] for _, cells in table.rows)
     assert sum("1 contended row(s) left out" in n for n in table.notes) == 1
+
+
+def test_best_quality_says_why_longer_clips_are_not_used():
+    rows = [row("whisper-tiny.en", length=5.0), {**row("whisper-tiny.en", length=60.0, wer=0.05), "contended": True}]
+    rec = by_scenario(recommend(rows))["best quality"]
+    assert "5 s clips (longest with WER among uncontended rows; 60 s rows contended)" in rec.criterion
+    assert "(longest with WER);" in by_scenario(recommend(rows[:1]))["best quality"].criterion

@@ -300,7 +300,7 @@ def recommend(rows: Iterable[Row], thresholds: Thresholds = Thresholds(),
             continue
         caveat = contended_caveat(len(busy))
         quiet = [r for r in rs if r.get("contended") is not True]
-        recs = _device_recommendations(device, quiet, thresholds) if quiet else [
+        recs = _device_recommendations(device, quiet, thresholds, busy) if quiet else [
             _missing(s, device, "every row on this device was contended", "no row measured on a quiet machine")
             for s in SCENARIO_NAMES]
         out += [dataclasses.replace(rec, caveats=rec.caveats + (caveat,)) for rec in recs]
@@ -315,7 +315,9 @@ def contended_caveat(n: int) -> str:
 SCENARIO_NAMES = ("real-time", "balanced", "best quality", "throughput", "energy", "low memory (edge)")
 
 
-def _device_recommendations(device: str, rows: list[Row], th: Thresholds) -> list[Recommendation]:
+def _device_recommendations(device: str, rows: list[Row], th: Thresholds,
+                            contended: list[Row] | None = None) -> list[Recommendation]:
+    """`contended`: the device's rows left out as contended, named where they would have changed a rule."""
     lat = [r for r in rows if _is_latency(r) and r.get("latency_s_p90") is not None]
     lengths = sorted({r["clip_length_s"] for r in lat} | {r["clip_length_s"] for r in rows})
     if not lengths:
@@ -324,7 +326,7 @@ def _device_recommendations(device: str, rows: list[Row], th: Thresholds) -> lis
     b1 = [r for r in lat if r["batch_size"] == 1]
     wer_txt = f"WER ≤ {_pct(th.wer_bound)}"
     realtime = _realtime(device, b1, th)
-    out = [_balanced(device, b1, longest, th, wer_txt), _quality(device, b1, th),
+    out = [_balanced(device, b1, longest, th, wer_txt), _quality(device, b1, th, contended or []),
            _throughput(device, rows, longest, th, wer_txt), _energy(device, lat, longest, th, wer_txt),
            _edge(device, b1, longest, th, wer_txt)]
     from asrperf.report.streaming_recommend import live_captions  # it builds on this module
@@ -386,14 +388,18 @@ def _balanced(device: str, b1: list[Row], longest: float, th: Thresholds, wer_tx
     return _rec("balanced", device, criterion, pick, why)
 
 
-def _quality(device: str, b1: list[Row], th: Thresholds) -> Recommendation:
+def _quality(device: str, b1: list[Row], th: Thresholds, contended: list[Row]) -> Recommendation:
     scenario = "best quality"
     scored = [r for r in b1 if r.get("wer") is not None]
     if not scored:
         reason = _reasons(b1) if b1 else "no batch-1 latency rows"
         return _missing(scenario, device, "lowest WER", f"no row has a WER ({reason})")
     length = max(r["clip_length_s"] for r in scored)
-    criterion = (f"lowest WER, batch 1, {length:g} s clips (longest with WER); ties: 95% CIs overlap or within "
+    longer = sorted({r["clip_length_s"] for r in contended if r.get("wer") is not None and _is_latency(r)
+                     and r["batch_size"] == 1 and r["clip_length_s"] > length})
+    longest = (f"longest with WER among uncontended rows; {', '.join(f'{x:g} s' for x in longer)} rows contended"
+               if longer else "longest with WER")
+    criterion = (f"lowest WER, batch 1, {length:g} s clips ({longest}); ties: 95% CIs overlap or within "
                  f"{100 * th.tie_tolerance:g}% of the best; among ties the highest RTFx")
     cands = sorted((r for r in scored if r["clip_length_s"] == length), key=lambda r: (r["wer"], _short(r)))
     best = cands[0]
