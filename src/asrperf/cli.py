@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -164,6 +165,8 @@ def run(
                 node_tasks[node] = progress.add_task("", total=None)
             progress.update(node_tasks[node], description=escape(f"  node {node}: {running} running"), completed=done)
 
+        started: dict[int, float] = {}
+
         def on_cell(cell, state: str, i: int, n: int) -> None:
             progress.update(prep, visible=False)
             chunk = f" {cell.chunk_ms} ms chunks" if cell.chunk_ms else ""
@@ -172,7 +175,13 @@ def run(
                 finished.add(i)
             progress.update(cells_task, visible=True, total=n, completed=len(finished),
                             description=escape(f"{label}: {state}"[:100]))
-            if state.startswith("failed"):
+            if not console.is_terminal:  # no progress bar off a terminal: one plain line per state change
+                now = time.monotonic()
+                took = f" after {now - started[i]:.1f} s" if i in started and i in finished else ""
+                started.setdefault(i, now)
+                console.print(f"{time.strftime('%H:%M:%S')} cell {len(finished)}/{n} done; {label}: {state}{took}",
+                              markup=False, highlight=False, soft_wrap=True)
+            elif state.startswith("failed"):
                 console.print(f"[red]{escape(label)}: {escape(state)}[/red]")
             elif state.startswith(("not quiet", "taking over")):
                 console.print(f"[yellow]{escape(label)}: {escape(state)}[/yellow]")
