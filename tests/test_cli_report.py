@@ -1,6 +1,7 @@
 """The report and export paths from a store built by a real (small) run, and `doctor`."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,36 @@ def test_profile_command_is_a_one_cell_profile_run(tmp_path, cache_dir):
 
     assert Path(row["trace_path"]).is_file() and "trace (open in chrome://tracing or Perfetto)" in res.stderr
     assert "traceEvents" in json.loads(gzip.open(row["trace_path"]).read())
+
+def test_status_lines_are_not_wrapped_at_80_columns_when_piped():
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    code = "from asrperf import cli; print(cli.console.width, cli.out.width)"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert res.stdout.split() == ["200", "200"], res.stderr
+
+
+def test_run_prints_one_plain_line_per_cell_state_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+    from asrperf import cli
+    from asrperf.run import runner
+    from asrperf.run.plan import expand
+
+    def fake_run(cfg, on_cell, **_):
+        (cell, *_) = expand(cfg)
+        on_cell(cell, "running on local", 0, 1)
+        on_cell(cell, "ok", 0, 1)
+        return runner.RunSummary("r1", cfg.store, ran=1)
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.setattr(runner, "check", lambda cfg: None)
+    monkeypatch.setattr(cli, "_print_report", lambda *a, **k: None)
+    monkeypatch.setattr(sys, "argv", ["asrperf", "run", "-m", "whisper-tiny.en", "--lengths", "5",
+                                      "--store", str(tmp_path / "r.sqlite")])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+        sys.exit(0)
+    assert (exc.value.code or 0) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if " cell " in ln]
+    assert len(lines) == 2, lines
+    assert lines[0].endswith("cell 0/1 done; whisper-tiny.en 5 s b1 cpu: running on local")
+    assert " cell 1/1 done; whisper-tiny.en 5 s b1 cpu: ok after " in lines[1] and lines[1].endswith(" s")

@@ -89,3 +89,28 @@ def test_compare_leaves_contended_pairs_out_unless_allowed(tmp_path, monkeypatch
         main()
         sys.exit(0)
     assert exc.value.code == 4
+
+
+def test_first_screen_names_the_contended_rows_and_shows_each_caveat():
+    from rich.console import Console
+
+    from asrperf.report.summary import not_measured, render_answer_rich
+
+    busy = [row("fast-but-busy", 0.2, True), {**row("fast-but-busy", 0.3, True), "clip_length_s": 15.0}]
+    rows = busy + [row("quiet", 0.5, False), row("fast-random", 0.1, False) | {
+        "weights": "random", "wer": None, "wer_ci_low": None, "wer_ci_high": None}]
+    gaps = not_measured(rows, [])
+    gap = next(g for g in gaps if "contended" in g.what)
+    assert gap.what.startswith("2 contended row(s) left out")
+    assert "fast-but-busy (transformers, fp32) 5 s b1, 15 s b1" in gap.what and "--wait-quiet" in gap.command
+    assert not any("contended" in g.what for g in not_measured(rows, [], allow_contended=True))
+    console = Console(width=400, record=True)
+    console.print(render_answer_rich(rows, [], recommend(rows)))
+    text = console.export_text()
+    # a per-pick caveat (a faster row without WER) is on the first screen, the shared contended one once, as a gap
+    assert "caveats: not considered, no WER" in text and "fast-random" in text
+    assert text.count("contended row(s) left out") == 1 and "fast-but-busy (transformers, fp32) 5 s b1" in text
+    page = render_html(rows, [], plots=[])
+    first = page[page.index('id="recommendations"'):page.index("<details>")]
+    assert 'class="caveats"' in first and "not considered, no WER" in first
+    assert "2 contended row(s) left out of the recommendations" in page and "--wait-quiet" in page

@@ -359,3 +359,10 @@ def test_real_nvml_reads_a_window():
         time.sleep(reader.min_window_s + 0.1)
     r = meter.result
     assert r.window_ok and r.energy_j > 0 and 1 < r.mean_power_w < 2000
+
+
+def test_default_tdp_is_stated_as_assumed():
+    assumed = EstimatedCpuEnergy().method
+    assert assumed.startswith("estimated: process cpu time x 3.38 W per logical CPU (assumed 270 W TDP / 80 logical")
+    assert "not looked up" in assumed
+    assert "assumed" not in EstimatedCpuEnergy(tdp_w=200.0, tdp_cpus=40).method

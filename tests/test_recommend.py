@@ -289,3 +289,30 @@ def test_study_table_gives_max_throughput_with_the_latency_of_its_batch():
                    max_throughput_batch_size=6, max_throughput_latency_s_p50=6.59, max_throughput_stop_reason="plateau")
     (value,) = dict(study_tables([row("whisper-base"), searched])[0].rows)["max throughput samples/s, 15 s"]
     assert value == "0.91 at b6, p50 6,590 ms per batch (stop: plateau)"
+
+
+def test_full_table_words_each_pick_as_the_first_screen_does():
+    from rich.console import Console
+
+    from asrperf.report.summary import render_answer_rich
+
+    busy = {**row("busy-model", rtfx=99.0), "contended": True}
+    rows = [row("whisper-tiny.en"), row("fast-random", rtfx=50.0, wer=None, weights="random"), busy]
+    recs = recommend(rows)
+    console = Console(width=1000, record=True)
+    console.print(render_answer_rich(rows, [], recs))
+    first = console.export_text()
+    table = recommendations_table(recs)
+    balanced = dict(table.rows)["balanced"]
+    rec = by_scenario(recs)["balanced"]
+    # the same why and the same own caveats; the contended caveat every pick shares is a note, once
+    assert balanced[1] == f"{rec.why}; caveats: {rec.caveats[0]}" and f"caveats: {rec.caveats[0]}" in first
+    assert rec.why in first and not any("contended" in cells[1] for _, cells in table.rows)
+    assert sum("1 contended row(s) left out" in n for n in table.notes) == 1
+
+
+def test_best_quality_says_why_longer_clips_are_not_used():
+    rows = [row("whisper-tiny.en", length=5.0), {**row("whisper-tiny.en", length=60.0, wer=0.05), "contended": True}]
+    rec = by_scenario(recommend(rows))["best quality"]
+    assert "5 s clips (longest with WER among uncontended rows; 60 s rows contended)" in rec.criterion
+    assert "(longest with WER);" in by_scenario(recommend(rows[:1]))["best quality"].criterion

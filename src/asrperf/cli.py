@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -24,8 +25,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=False,
                   help="Benchmark and profile ASR models: measured latency, throughput, RTFx, memory and WER.",
                   context_settings={"help_option_names": ["-h", "--help"]})
 WAIT_QUIET_DEFAULT_S = 600.0  # `run --wait-quiet` without SECONDS: wait at most 10 minutes per cell
-console = Console(stderr=True)
-# tables follow the terminal (or $COLUMNS); piped to a file without COLUMNS, they are not wrapped at 80 columns
+# tables and status lines follow the terminal (or $COLUMNS); piped to a file without COLUMNS, they are
+# not wrapped at 80 columns
+console = (Console(stderr=True) if Console(stderr=True).is_terminal or os.environ.get("COLUMNS")
+           else Console(stderr=True, width=200))
 out = Console() if Console().is_terminal or os.environ.get("COLUMNS") else Console(width=200)
 
 
@@ -156,6 +159,8 @@ def run(
                 node_tasks[node] = progress.add_task("", total=None)
             progress.update(node_tasks[node], description=escape(f"  node {node}: {running} running"), completed=done)
 
+        started: dict[int, float] = {}
+
         def on_cell(cell, state: str, i: int, n: int) -> None:
             progress.update(prep, visible=False)
             chunk = f" {cell.chunk_ms} ms chunks" if cell.chunk_ms else ""
@@ -164,7 +169,13 @@ def run(
                 finished.add(i)
             progress.update(cells_task, visible=True, total=n, completed=len(finished),
                             description=escape(f"{label}: {state}"[:100]))
-            if state.startswith("failed"):
+            if not console.is_terminal:  # no progress bar off a terminal: one plain line per state change
+                now = time.monotonic()
+                took = f" after {now - started[i]:.1f} s" if i in started and i in finished else ""
+                started.setdefault(i, now)
+                console.print(f"{time.strftime('%H:%M:%S')} cell {len(finished)}/{n} done; {label}: {state}{took}",
+                              markup=False, highlight=False, soft_wrap=True)
+            elif state.startswith("failed"):
                 console.print(f"[red]{escape(label)}: {escape(state)}[/red]")
             elif state.startswith(("not quiet", "taking over")):
                 console.print(f"[yellow]{escape(label)}: {escape(state)}[/yellow]")
@@ -270,7 +281,7 @@ def _print_report(store_path: Path, run_id: str | None, fmt: str, output: Path |
         from asrperf.run.coverage import engine_offers
 
         out.print(render_answer_rich(clip_rows, [r for r in runs if run_id == "all" or r["run_id"] == rid], recs,
-                                     engine_offers(clip_rows)))
+                                     engine_offers(clip_rows), allow_contended))
         out.print()
     out.print(render_rich(tables))
     for line in env_text:

@@ -330,7 +330,11 @@ class EstimatedCpuEnergy:
 
     @property
     def method(self) -> str:
-        return f"estimated: process cpu time x {self.w_per_cpu:.3g} W per logical CPU"
+        method = f"estimated: process cpu time x {self.w_per_cpu:.3g} W per logical CPU"
+        if (self.tdp_w, self.tdp_cpus) == (DEFAULT_TDP_W, DEFAULT_TDP_CPUS):  # not this CPU's figure
+            method += (f" (assumed {self.tdp_w:g} W TDP / {self.tdp_cpus} logical CPUs, a Xeon Platinum 8380's: "
+                       "the CPU's own TDP is not looked up; no setting changes it)")
+        return method
 
     @property
     def note(self) -> str:

@@ -32,7 +32,7 @@ from asrperf.report.html_parts import (
 )
 from asrperf.report.page_sections import SECTIONS, PageData, section_plots
 from asrperf.report.plots import Plot, make_plots
-from asrperf.report.summary import EngineOffer, measured_lines, not_measured
+from asrperf.report.summary import EngineOffer, first_screen_caveats, measured_lines, not_measured
 
 __all__ = ["render_html", "table_html"]
 
@@ -43,15 +43,14 @@ def _recommendations(rows: list[Mapping[str, Any]], thresholds: Any, allow_conte
     return recommend(rows, thresholds if thresholds is not None else Thresholds(), allow_contended=allow_contended)
 
 
-def _recs_html(recs: list[Any]) -> str:
-    from asrperf.report.recommend import recommendations_table
+def _recs_html(recs: list[Any], rows: list[Mapping[str, Any]]) -> str:
+    from asrperf.report.recommend import pick_lines, recommendations_table
 
     if not recs:
         return '<p class="missing">No successful rows: nothing to recommend.</p>\n'
     devices = {r.device for r in recs}
     items = []
-    for r in recs:
-        name = r.scenario if len(devices) == 1 else f"{r.scenario} [{r.device}]"
+    for r, (name, _, why, caveats) in zip(recs, pick_lines(recs)):
         full = "; ".join((r.why, *r.caveats))
         if r.choice is None:
             choice = '<span class="none">no answer</span>'
@@ -60,33 +59,37 @@ def _recs_html(recs: list[Any]) -> str:
         else:
             choice = e(r.choice)
         items.append(f'<li data-scenario="{e(r.scenario)}"><span class="scenario">{e(name)}</span>: {choice}'
-                     f'<div class="why" title="{e(full)}">{e(r.why)}</div></li>')
-    return (f'<ol class="recs">{"".join(items)}</ol>\n<details><summary>Rules, ties and caveats</summary>'
+                     f'<div class="why" title="{e(full)}">{e(why)}</div>'
+                     + (f'<div class="caveats" title="{e(caveats)}">caveats: {e(caveats)}</div>' if caveats else "")
+                     + "</li>")
+    common = "".join(f'<p class="caveats">every recommendation{"" if len(devices) == 1 else f" [{e(d)}]"}: '
+                     f'{e("; ".join(c))}</p>' for d, c in first_screen_caveats(recs, rows).items() if c)
+    return (f'<ol class="recs">{"".join(items)}</ol>\n{common}<details><summary>Rules, ties and caveats</summary>'
             f"{table_html(recommendations_table(recs))}</details>\n")
 
 
-def _gaps_html(data: PageData, offers: Sequence[EngineOffer]) -> str:
-    gaps = not_measured(data.rows, data.runs, offers)
+def _gaps_html(data: PageData, offers: Sequence[EngineOffer], allow_contended: bool) -> str:
+    gaps = not_measured(data.rows, data.runs, offers, allow_contended)
     if not gaps:
         return ""
     items = "".join(f"<li>{e(g.what)}: <code>{e(g.command)}</code></li>" for g in gaps)
     return (f'<h3 id="not-measured">Not measured (could change the answer)</h3><ul class="gaps">{items}</ul>\n')
 
 
-def _first_screen(data: PageData, recs: list[Any], offers: Sequence[EngineOffer]) -> str:
+def _first_screen(data: PageData, recs: list[Any], offers: Sequence[EngineOffer], allow_contended: bool) -> str:
     measured = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in measured_lines(data.rows, data.runs))
     pareto = next((p for p in data.plots if p.name.startswith("wer-vs-latency") and p.png is not None), None)
     if pareto is not None:
         data.shown.add(pareto.name)
-        side = f'<div class="hero">{plot_html(pareto)}{_gaps_html(data, offers)}</div>'
+        side = f'<div class="hero">{plot_html(pareto)}{_gaps_html(data, offers, allow_contended)}</div>'
     else:
         absent = next((p for p in data.plots if p.name.startswith("wer-vs-latency")), None)
         if absent is not None:
             data.shown.add(absent.name)
-        side = (f'<div class="hero">{plot_html(absent) if absent else ""}{_gaps_html(data, offers)}</div>')
+        side = (f'<div class="hero">{plot_html(absent) if absent else ""}{_gaps_html(data, offers, allow_contended)}</div>')
     return (f'<dl class="measured">{measured}</dl>\n<div class="answer">'
             '<div><h2 id="recommendations">Recommendations</h2><p class="note">Among the configurations measured '
-            'here only; each links to the cell behind it.</p>' + _recs_html(recs) + f"</div>{side}</div>\n")
+            'here only; each links to the cell behind it.</p>' + _recs_html(recs, data.rows) + f"</div>{side}</div>\n")
 
 
 def render_html(rows: list[Mapping[str, Any]], runs: list[Mapping[str, Any]], plots: list[Plot] | None = None,
@@ -109,7 +112,7 @@ def render_html(rows: list[Mapping[str, Any]], runs: list[Mapping[str, Any]], pl
     n_contended = sum(r.get("status") == "ok" and r.get("contended") is True for r in rows)
     run_ids = ", ".join(str(r["run_id"]) for r in data.runs) or "none"
     evaluations = f", {len(whole)} dataset evaluation(s)" if whole else ""
-    first = _first_screen(data, recs, engine_offers)
+    first = _first_screen(data, recs, engine_offers, allow_contended)
     sections, absent, claimed = [], [], set()
     for s in SECTIONS:
         mine = section_plots(s, data.plots)

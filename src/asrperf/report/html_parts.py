@@ -38,6 +38,8 @@ ol.recs li { padding: .25em 0; border-bottom: 1px solid #eaeef2; }
 ol.recs .scenario { font-weight: 600; } ol.recs .none { color: #9a6700; }
 ol.recs .why { color: #57606a; font-size: 12.5px; display: -webkit-box; -webkit-line-clamp: 2;
                -webkit-box-orient: vertical; overflow: hidden; }
+ol.recs .caveats { color: #9a6700; font-size: 12px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+p.caveats { color: #9a6700; font-size: 12px; margin: .2em 0; }
 ul.gaps { margin: .2em 0; padding-left: 1.1em; font-size: 12px; line-height: 1.3; } ul.gaps code { background: #f6f8fa; }
 .hero img { max-width: 100%; max-height: 42vh; height: auto; width: auto; display: block; }
 .scroll { overflow-x: auto; max-width: 100%; }

@@ -298,20 +298,26 @@ def recommend(rows: Iterable[Row], thresholds: Thresholds = Thresholds(),
         if allow_contended or not busy:
             out += _device_recommendations(device, rs, thresholds)
             continue
-        caveat = (f"{len(busy)} contended row(s) left out (measured on a busy machine; "
-                  "--allow-contended includes them)")
+        caveat = contended_caveat(len(busy))
         quiet = [r for r in rs if r.get("contended") is not True]
-        recs = _device_recommendations(device, quiet, thresholds) if quiet else [
+        recs = _device_recommendations(device, quiet, thresholds, busy) if quiet else [
             _missing(s, device, "every row on this device was contended", "no row measured on a quiet machine")
             for s in SCENARIO_NAMES]
         out += [dataclasses.replace(rec, caveats=rec.caveats + (caveat,)) for rec in recs]
     return out
 
 
+def contended_caveat(n: int) -> str:
+    """The caveat every recommendation of a device gets when `n` of its rows were left out as contended."""
+    return f"{n} contended row(s) left out (measured on a busy machine; --allow-contended includes them)"
+
+
 SCENARIO_NAMES = ("real-time", "balanced", "best quality", "throughput", "energy", "low memory (edge)")
 
 
-def _device_recommendations(device: str, rows: list[Row], th: Thresholds) -> list[Recommendation]:
+def _device_recommendations(device: str, rows: list[Row], th: Thresholds,
+                            contended: list[Row] | None = None) -> list[Recommendation]:
+    """`contended`: the device's rows left out as contended, named where they would have changed a rule."""
     lat = [r for r in rows if _is_latency(r) and r.get("latency_s_p90") is not None]
     lengths = sorted({r["clip_length_s"] for r in lat} | {r["clip_length_s"] for r in rows})
     if not lengths:
@@ -320,7 +326,7 @@ def _device_recommendations(device: str, rows: list[Row], th: Thresholds) -> lis
     b1 = [r for r in lat if r["batch_size"] == 1]
     wer_txt = f"WER ≤ {_pct(th.wer_bound)}"
     realtime = _realtime(device, b1, th)
-    out = [_balanced(device, b1, longest, th, wer_txt), _quality(device, b1, th),
+    out = [_balanced(device, b1, longest, th, wer_txt), _quality(device, b1, th, contended or []),
            _throughput(device, rows, longest, th, wer_txt), _energy(device, lat, longest, th, wer_txt),
            _edge(device, b1, longest, th, wer_txt)]
     from asrperf.report.streaming_recommend import live_captions  # it builds on this module
@@ -382,14 +388,18 @@ def _balanced(device: str, b1: list[Row], longest: float, th: Thresholds, wer_tx
     return _rec("balanced", device, criterion, pick, why)
 
 
-def _quality(device: str, b1: list[Row], th: Thresholds) -> Recommendation:
+def _quality(device: str, b1: list[Row], th: Thresholds, contended: list[Row]) -> Recommendation:
     scenario = "best quality"
     scored = [r for r in b1 if r.get("wer") is not None]
     if not scored:
         reason = _reasons(b1) if b1 else "no batch-1 latency rows"
         return _missing(scenario, device, "lowest WER", f"no row has a WER ({reason})")
     length = max(r["clip_length_s"] for r in scored)
-    criterion = (f"lowest WER, batch 1, {length:g} s clips (longest with WER); ties: 95% CIs overlap or within "
+    longer = sorted({r["clip_length_s"] for r in contended if r.get("wer") is not None and _is_latency(r)
+                     and r["batch_size"] == 1 and r["clip_length_s"] > length})
+    longest = (f"longest with WER among uncontended rows; {', '.join(f'{x:g} s' for x in longer)} rows contended"
+               if longer else "longest with WER")
+    criterion = (f"lowest WER, batch 1, {length:g} s clips ({longest}); ties: 95% CIs overlap or within "
                  f"{100 * th.tie_tolerance:g}% of the best; among ties the highest RTFx")
     cands = sorted((r for r in scored if r["clip_length_s"] == length), key=lambda r: (r["wer"], _short(r)))
     best = cands[0]
@@ -501,14 +511,34 @@ def _edge(device: str, b1: list[Row], longest: float, th: Thresholds, wer_txt: s
     return _rec(scenario, device, criterion, pick, why)
 
 
+def shared_caveats(recs: list[Recommendation]) -> dict[str, tuple[str, ...]]:
+    """Per device, the caveats every one of its recommendations has (contended rows left out, ...):
+    said once per device rather than on each line."""
+    out = {}
+    for device in dict.fromkeys(r.device for r in recs):
+        mine = [r for r in recs if r.device == device]
+        out[device] = tuple(c for c in mine[0].caveats if all(c in r.caveats for r in mine[1:])) if len(mine) > 1 else ()
+    return out
+
+
+def pick_lines(recs: list[Recommendation]) -> list[tuple[str, str, str, str]]:
+    """(scenario, choice, why, caveats) per recommendation, worded once for the first screen and the
+    full table alike; the caveats shared by a whole device are left to `shared_caveats`."""
+    devices = {r.device for r in recs}
+    shared = shared_caveats(recs)
+    return [(r.scenario if len(devices) == 1 else f"{r.scenario} [{r.device}]", r.choice or MISSING, r.why,
+             "; ".join(c for c in r.caveats if c not in shared[r.device])) for r in recs]
+
+
 def recommendations_table(recs: list[Recommendation]) -> Table:
     """One table for terminal and markdown: a row per scenario (and device), the rules in the notes."""
     devices = list(dict.fromkeys(r.device for r in recs))
     t = Table("Recommendations (derived from the measurements above)", ["Choice", "Why", "Ties"], corner="Scenario")
-    for r in recs:
-        name = r.scenario if len(devices) == 1 else f"{r.scenario} [{r.device}]"
-        why = "; ".join((r.why, *r.caveats))
-        t.rows.append((name, [r.choice or MISSING, why, "; ".join(r.ties) or MISSING]))
+    for (name, choice, why, caveats), r in zip(pick_lines(recs), recs):
+        t.rows.append((name, [choice, f"{why}; caveats: {caveats}" if caveats else why, "; ".join(r.ties) or MISSING]))
+    for device, common in shared_caveats(recs).items():
+        if common:
+            t.notes.append(f"every recommendation{'' if len(devices) == 1 else f' [{device}]'}: {'; '.join(common)}")
     for r in recs:
         t.notes.append(f"{r.scenario}{'' if len(devices) == 1 else f' [{r.device}]'}: {r.criterion}")
     if not recs:

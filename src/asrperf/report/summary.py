@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from asrperf.report.gate import is_baseline
+from asrperf.report.recommend import contended_caveat, pick_lines, shared_caveats
+from asrperf.report.tables import column_label
 
 Row = Mapping[str, Any]
 
@@ -87,10 +89,25 @@ def _installed(requires: Sequence[str], runs: list[Mapping[str, Any]]) -> tuple[
     return all(importlib.util.find_spec(m) is not None for m in requires), "on this machine"
 
 
+def _contended_gap(ok: list[Row]) -> Gap | None:
+    """The rows the busy-machine guard flagged (left out of the recommendations), named by column and cell."""
+    busy = [r for r in ok if r.get("contended") is True]
+    if not busy:
+        return None
+    cells: dict[str, list[str]] = {}
+    for r in busy:
+        cells.setdefault(column_label(r), []).append(f"{float(r['clip_length_s']):g} s b{r.get('batch_size')}")
+    which = "; ".join(f"{label} {', '.join(c)}" for label, c in cells.items())
+    return Gap(f"{len(busy)} contended row(s) left out of the recommendations (measured while the machine was busy, "
+               f"flagged by the busy-machine guard; they could change the answer): {which}",
+               "asrperf run --wait-quiet (or re-run on a quiet machine)")
+
+
 def not_measured(rows: Iterable[Row], runs: Iterable[Mapping[str, Any]],
-                 offers: Sequence[EngineOffer] = ()) -> list[Gap]:
+                 offers: Sequence[EngineOffer] = (), allow_contended: bool = False) -> list[Gap]:
     """What these rows leave out that could change a recommendation, each with its command.
 
+    - rows left out as contended (measured on a busy machine), unless `allow_contended` let them in;
     - engines of `offers` whose libraries are installed, never run on a model they run;
     - optimization variants (dtype, quantization, attention, compile) never tried for a model:
       `asrperf optimize` tries those that apply on the device;
@@ -101,7 +118,8 @@ def not_measured(rows: Iterable[Row], runs: Iterable[Mapping[str, Any]],
     ok = _ok(rows)
     if not ok:
         return []
-    gaps: list[Gap] = []
+    contended = None if allow_contended else _contended_gap(ok)
+    gaps: list[Gap] = [contended] if contended else []
     models = list(dict.fromkeys(r.get("model_name") or r["model"] for r in ok))
     lengths = sorted({float(r["clip_length_s"]) for r in ok})
     baseline_only: list[str] = []
@@ -139,9 +157,21 @@ def not_measured(rows: Iterable[Row], runs: Iterable[Mapping[str, Any]],
     return gaps
 
 
+def first_screen_caveats(recs: Sequence[Any], rows: Iterable[Row]) -> dict[str, tuple[str, ...]]:
+    """Per device, the caveats all its recommendations share, less the contended-rows one (the
+    contended gap of `not_measured` says it with the rows and the fix)."""
+    ok = _ok(rows)
+    out = {}
+    for device, common in shared_caveats(list(recs)).items():
+        busy = sum(r.get("contended") is True for r in ok if r["device"] == device)
+        out[device] = tuple(c for c in common if not busy or c != contended_caveat(busy))
+    return out
+
+
 def render_answer_rich(rows: list[Row], runs: list[Mapping[str, Any]], recs: list[Any],
-                       offers: Sequence[EngineOffer] = ()):
-    """The terminal's first screen: measured lines, the recommendations in one line each, and the gaps."""
+                       offers: Sequence[EngineOffer] = (), allow_contended: bool = False):
+    """The terminal's first screen: measured lines, the recommendations in one line each (with their
+    caveats), and the gaps."""
     from rich.console import Group
     from rich.table import Table as RichTable
     from rich.text import Text
@@ -152,15 +182,21 @@ def render_answer_rich(rows: list[Row], runs: list[Mapping[str, Any]], recs: lis
         line.append(text)
         parts.append(line)
     t = RichTable(title="Recommendations (among what was measured)", title_justify="left", expand=False)
-    devices = {r.device for r in recs}
     t.add_column("scenario", style="bold", no_wrap=True)
     t.add_column("choice", overflow="fold", ratio=2)
     t.add_column("why", overflow="fold", ratio=3)
-    for r in recs:
-        name = r.scenario if len(devices) == 1 else f"{r.scenario} [{r.device}]"
-        t.add_row(Text(name), Text(r.choice or "—"), Text(r.why))
+    for name, choice, why, caveats in pick_lines(recs):
+        cell = Text(why)
+        if caveats:
+            cell.append(f"\ncaveats: {caveats}", style="yellow")
+        t.add_row(Text(name), Text(choice), cell)
     parts.append(t)
-    gaps = not_measured(rows, runs, offers)
+    devices = {r.device for r in recs}
+    for device, common in first_screen_caveats(recs, rows).items():
+        if common:
+            parts.append(Text(f"every recommendation{'' if len(devices) == 1 else f' [{device}]'}: "
+                              + "; ".join(common), style="yellow"))
+    gaps = not_measured(rows, runs, offers, allow_contended)
     if gaps:
         parts.append(Text("Not measured (could change the answer):", style="bold yellow"))
         for g in gaps:
