@@ -17,8 +17,8 @@ Every figure is printed next to ufal/whisper_streaming's published one (3.3 s av
 unsegmented long-form speech, large-v2 on an NVIDIA A40; Macháček et al. 2023). The rows go to
 --store, so `asrperf report --store S --html r.html` draws the streaming plots from them.
 
-LocalAgreement runs with the [streaming] default endpoint (silero VAD: commit at the end of speech)
-unless --endpoint none asks for pure LocalAgreement-2; the rows record which. --no-capacity skips
+LocalAgreement runs with the [streaming] default endpoint (none: pure LocalAgreement-2) unless
+--endpoint vad asks for the silero VAD endpoint (commit at the end of speech); the rows record which. --no-capacity skips
 the capacity search (the streams target is then unchecked), --targets-only the trade-off.
 
 --smoke runs a tiny version (5 s clips, 1 clip, two chunk sizes, max 2 streams, ct2 and random

@@ -220,7 +220,7 @@ def test_silence_is_not_decoded_and_the_detector_reads_only_recent_audio():
 
 def test_make_policy_runs_silero_for_endpoint_vad_and_none_without_one():
     engine = ScriptedWhisper([], 0.0)
-    vad = make_policy("local_agreement", engine, RATE, StreamingConfig())
+    vad = make_policy("local_agreement", engine, RATE, StreamingConfig(endpoint="vad"))
     assert isinstance(vad.endpointer.vad, SileroVad) and vad.endpointer.silence_s == 0.1
     assert vad.settings()["endpoint_vad"] == "silero"
     assert make_policy("local_agreement", engine, RATE, StreamingConfig(endpoint="none")).endpointer is None

@@ -26,11 +26,13 @@ def _clips(cache_dir, tiny_source, length_s: float, n: int) -> list:
     return ClipCache(cache_dir).load(prepare(cfg)[float(length_s)], n)
 
 
+@pytest.mark.parametrize("endpoint", ["none", "vad"])
 def test_real_tiny_en_streams_within_3_wer_points_of_offline_with_bounded_finalization(run_rows, cache_dir,
-                                                                                      tiny_source):
+                                                                                      tiny_source, endpoint):
     chunk_s = 1.0
+    extra = {} if endpoint == "none" else {"endpoint": endpoint}  # "none" is the default
     (row,) = run_rows([{"name": "whisper-tiny.en", "engine": "ct2", "dtype": "int8"}], lengths=[15], n_clips=2,
-                      scenarios=["streaming"], chunk_ms=[1000], streaming={"capacity": False})
+                      scenarios=["streaming"], chunk_ms=[1000], streaming={"capacity": False, **extra})
     assert row["scenario"] == "streaming" and row["chunk_ms"] == 1000 and row["cell_key"].endswith("|chunk=1000ms")
     assert row["stream_policy"] == "local_agreement" and row["stream_clock"] == "simulated"
     assert row["wer"] is not None and row["offline_wer"] is not None
@@ -51,8 +53,12 @@ def test_real_tiny_en_streams_within_3_wer_points_of_offline_with_bounded_finali
         assert len(fin) == len(utterances[sample["clip"]]) and min(fin) > 0, fin
         assert float(np.median(fin)) <= bound, (fin, bound)
     assert row["capacity_missing_reason"] == "streaming.capacity = false"
-    # the default endpoint: silero VAD, fired at the pauses between sentences
-    assert row["stream_endpoint"] == "vad" and row["stream_policy_settings"]["endpoint_silence_ms"] == 100
+    assert row["stream_endpoint"] == endpoint
+    if endpoint == "none":
+        assert row["stream_policy_label"].endswith("no endpoint") and row["stream_n_endpoints"] == 0
+        return
+    # silero VAD, fired at the pauses between sentences
+    assert row["stream_policy_settings"]["endpoint_silence_ms"] == 100
     assert row["stream_policy_label"].endswith("silero VAD endpoint after 100 ms of silence")
     assert row["stream_n_endpoints"] >= len(utterances["15s-000"]) // 2, row["stream_n_endpoints"]
 

@@ -139,8 +139,10 @@ class StreamingConfig:
     trim_s: float = 15.0  # LocalAgreement: trim the buffer at a committed sentence end once longer than this
     prompt_chars: int = 200  # LocalAgreement: committed text from before the buffer given as the prompt
     # LocalAgreement: "vad" commits what was said up to where speech stopped for `endpoint_silence_ms`
-    # without waiting for agreement (silero VAD, the ct2 extra); "none": pure LocalAgreement-n
-    endpoint: str = "vad"
+    # without waiting for agreement (silero VAD, the ct2 extra); "none": pure LocalAgreement-n. The
+    # default is "none": measured on tiny.en ct2 int8 (benchmarks/README.md, Streaming), "vad" cut p90
+    # finalization from 2.76 s to 1.72 s but cost +2.7 WER points against offline (none: -0.5)
+    endpoint: str = "none"
     # the pause that ends speech. 100 ms: silero's own default; the pauses between the built-in corpus's
     # sentences are 160-190 ms to the detector, so 200 ms or more would never fire on it. A pause
     # inside a sentence that fires only commits earlier: the words before it come from a decode that
