@@ -240,8 +240,8 @@ def test_endpoint_vad_without_faster_whisper_names_the_extra(monkeypatch):
     data = {"models": [{"name": "whisper-tiny.en", "engine": "ct2", "dtype": "int8"}], "run": {"scenarios": ["streaming"]}}
     with pytest.raises(ConfigError, match=r"streaming.endpoint = 'vad': `faster-whisper` \(silero VAD\) is needed: "
                                           r"pip install 'asrperf\[ct2\]', or set streaming.endpoint = \"none\""):
-        config_from_dict(data)
-    config_from_dict({**data, "streaming": {"endpoint": "none"}})  # pure LocalAgreement needs no VAD
+        config_from_dict({**data, "streaming": {"endpoint": "vad"}})
+    config_from_dict(data)  # the default, pure LocalAgreement, needs no VAD
     monkeypatch.setitem(sys.modules, "faster_whisper.vad", None)  # the import fails
     with pytest.raises(MissingExtraError, match=r"`faster-whisper` is needed for streaming.endpoint = 'vad' "
                                                 r"\(silero VAD\): pip install 'asrperf\[ct2\]'"):

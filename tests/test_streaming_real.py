@@ -55,7 +55,7 @@ def test_real_tiny_en_streams_within_3_wer_points_of_offline_with_bounded_finali
     assert row["capacity_missing_reason"] == "streaming.capacity = false"
     assert row["stream_endpoint"] == endpoint
     if endpoint == "none":
-        assert row["stream_policy_label"].endswith("no endpoint") and row["stream_n_endpoints"] == 0
+        assert row["stream_policy_label"].endswith("no endpoint") and "stream_n_endpoints" not in row
         return
     # silero VAD, fired at the pauses between sentences
     assert row["stream_policy_settings"]["endpoint_silence_ms"] == 100

@@ -15,7 +15,8 @@
 - Clips: bundled once per cache entry on the driver (run/clip_bundle.py), put in the object store
   once, and unpacked on the node into a folder of its own after the bytes' hash is checked.
 - Nodes: each task returns its node id and hostname; each node's environment (results/env.py) is
-  captured once, by a zero-CPU task pinned to it, and its CPU, GPU and driver go into every row.
+  captured once, by a zero-CPU task pinned to it (the driver's own node: the runner's capture),
+  and its CPU, GPU and driver go into every row.
 - A node lost mid-cell (its raylet killed, the machine gone) makes the cell a failed row whose
   reason starts "node died:"; the run goes on, and `--retry-failed` re-runs it elsewhere.
 
@@ -108,8 +109,10 @@ class RayExecutor:
     name = "ray"
     submitted_state = "queued"
 
-    def __init__(self, address: str, timeout_s: float) -> None:
+    def __init__(self, address: str, timeout_s: float, driver_env: dict[str, Any] | None = None) -> None:
         self.address, self.timeout_s = address, timeout_s
+        self._driver_env = driver_env  # this machine's environment, captured by the runner: the driver's node's
+        self._driver_node = ""
         self._ray: Any = None
         self._owns_ray = False
         self._bundles: dict[str, tuple[Any, str]] = {}  # clip key -> (object ref, sha256)
@@ -135,7 +138,7 @@ class RayExecutor:
             self._owns_ray = True
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        here = ray.get_runtime_context().get_node_id()
+        here = self._driver_node = ray.get_runtime_context().get_node_id()
         self._starts = ray.remote(num_cpus=0)(_Starts).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
         self._task = ray.remote(max_retries=0)(_run_cell)
@@ -220,6 +223,8 @@ class RayExecutor:
         """The node as rows record it; its environment is captured the first time it is seen."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        if node_id not in self._envs and node_id == self._driver_node and self._driver_env is not None:
+            self._envs[node_id] = self._driver_env  # not captured again, by a task in a cold worker
         if node_id not in self._envs and node_id not in self._env_refs:
             self._env_refs[node_id] = self._capture.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()

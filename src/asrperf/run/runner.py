@@ -184,7 +184,7 @@ def _executor(cfg: RunConfig, env: dict) -> Executor:
     if cfg.executor == "ray":
         from asrperf.run.ray_executor import RayExecutor
 
-        return RayExecutor(cfg.ray_address, cfg.cell_timeout_s)
+        return RayExecutor(cfg.ray_address, cfg.cell_timeout_s, env)
     return LocalExecutor(cfg.cell_timeout_s, cfg.isolate, env)
 
 
