@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from asrperf.report.tables import MISSING, Table
+from asrperf.report.tables import MISSING, Table, pct
 
 Row = dict[str, Any]
 
@@ -52,10 +52,6 @@ def source_text(r: Row) -> str:
     return f"{src.get('kind')}: {name}{config}{split}"
 
 
-def _pct(v: float | None, digits: int = 2) -> str:
-    return MISSING if v is None else f"{100 * v:.{digits}f}"
-
-
 def _missing_accuracy(r: Row) -> str | None:
     """The missing-WER text, or None when the row's WER can be shown (never for random weights)."""
     if _random(r):
@@ -68,15 +64,15 @@ def _missing_accuracy(r: Row) -> str | None:
 def wer_text(r: Row) -> str:
     if (text := _missing_accuracy(r)) is not None:
         return text
-    ci = (f" [{_pct(r['wer_ci_low'])}–{_pct(r['wer_ci_high'])}]" if r.get("wer_ci_low") is not None
+    ci = (f" [{pct(r['wer_ci_low'], 2)}–{pct(r['wer_ci_high'], 2)}]" if r.get("wer_ci_low") is not None
           else " (no CI recorded)")
-    return _pct(r["wer"]) + ci
+    return pct(r["wer"], 2) + ci
 
 
 def cer_text(r: Row) -> str:
     if (text := _missing_accuracy(r)) is not None:
         return text
-    return _pct(r.get("cer")) if r.get("cer") is not None else f"{MISSING} (not recorded)"
+    return pct(r.get("cer"), 2) if r.get("cer") is not None else f"{MISSING} (not recorded)"
 
 
 def _x(r: Row, key: str, why: str) -> str:

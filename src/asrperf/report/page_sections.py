@@ -114,11 +114,11 @@ def _streaming(data: PageData) -> str:
 
 
 def _dataset(data: PageData) -> str:
-    from asrperf.report.dataset_tables import (dataset_rows, dataset_tables, evaluation_label, source_text,
-                                               worst_utterances)
+    from asrperf.report.dataset_tables import dataset_tables, evaluation_label, source_text, worst_utterances
 
-    out = ["".join(table_html(t) for t in dataset_tables(data.scenario_rows(("dataset",))))]
-    for r in dataset_rows(data.scenario_rows(("dataset",))):
+    evaluations = data.scenario_rows(("dataset",))
+    out = ["".join(table_html(t) for t in dataset_tables(evaluations))]
+    for r in evaluations:
         if r.get("status") != "ok":
             continue
         worst = worst_utterances(r)

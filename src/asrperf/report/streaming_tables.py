@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from asrperf.report.tables import MISSING, Table, _short_labels, column_label
+from asrperf.report.tables import MISSING, Table, _short_labels, column_label, pct as _pct
 
 Row = dict[str, Any]
 
@@ -35,10 +35,6 @@ def stream_column(r: Row) -> str:
 
 def _s(v: float | None) -> str:
     return MISSING if v is None else f"{v:.2f}"
-
-
-def _pct(v: float | None, digits: int = 1) -> str:
-    return MISSING if v is None else f"{100 * v:.{digits}f}"
 
 
 def _cell(r: Row | None, render) -> str:

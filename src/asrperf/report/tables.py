@@ -16,6 +16,11 @@ from asrperf.results.env import SUMMARY_PACKAGES
 MISSING = "—"
 
 
+def pct(v: float | None, digits: int = 1) -> str:
+    """A share (0-1) as a percentage with `digits` decimals, or the missing mark."""
+    return MISSING if v is None else f"{100 * v:.{digits}f}"
+
+
 @dataclass
 class Table:
     """A metric-rows x model-columns table; cells are display strings, `notes` explain missing ones."""

@@ -113,6 +113,8 @@ class LocalAgreement(Policy):
 
     def warm_up(self, audio: np.ndarray) -> None:
         self.engine.transcribe_words(audio[: int(self.MAX_BUFFER_S * self.rate)], self.rate)
+        if self.endpointer:  # silero's model loads on its first call: outside the timed updates
+            self.endpointer.vad.speech_s(audio[: self.rate], self.rate, self.endpointer.silence_s)
 
     def prompt(self) -> str:
         """The last `prompt_chars` characters (whole words) of committed text that scrolled out of the buffer."""
