@@ -103,7 +103,8 @@ def print_eval(row: Any) -> None:
         ("executor", str(row.get("dataset_executor")), (f"{row.get('ray_actors')} actor(s), "
                                                         f"{row.get('ray_resources_per_actor')} each"
                                                         if row.get("dataset_executor") == "ray" else "one process")
-                                                       + f"; {row.get('threads')} thread(s)"),
+                                                       + (f"; {row.get('threads')} thread(s)" if row.get("threads")
+                                                          else "; threads: all cores (--threads 0)")),
         ("padding", str(row.get("padding_policy")), f"{row.get('padding')}; check: {row.get('padding_check')}"),
     ]
     for r in rows:
