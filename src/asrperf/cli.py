@@ -157,7 +157,9 @@ def run(
                 return
             if node not in node_tasks:
                 node_tasks[node] = progress.add_task("", total=None)
-            progress.update(node_tasks[node], description=escape(f"  node {node}: {running} running"), completed=done)
+            total = progress.tasks[cells_task].total  # the node's done cells out of the sweep's
+            progress.update(node_tasks[node], description=escape(f"  node {node}: {running} running"), completed=done,
+                            total=total)
 
         started: dict[int, float] = {}
 
