@@ -38,7 +38,7 @@ from typing import Any
 from asrperf.config import config_from_dict
 from asrperf.load.arrivals import Arrivals
 from asrperf.load.generator import Bounds, Target
-from asrperf.load.launch import asrperf_serve_argv, server_process
+from asrperf.load.launch import SERVER_NICE, asrperf_serve_argv, server_process
 from asrperf.load.record import save_rows
 from asrperf.load.search import SWEEP_FRACTIONS
 from asrperf.load.session import LoadPlan, execute
@@ -85,7 +85,7 @@ def served(engine: str, dtype: str, max_batch: int, clips: list, clip_info: dict
                     warmup_s=args.warmup_s)
     poisson = Arrivals("poisson", rate_rps=1.0)
     context = {**clip_info, "source_kind": "builtin"}  # the run config (save_rows) names the benchmark
-    with server_process(argv, startup_timeout_s=900) as server:
+    with server_process(argv, startup_timeout_s=900, nice=SERVER_NICE) as server:
         target = Target(server.url, MODEL)
 
         def progress(row: dict[str, Any]) -> None:

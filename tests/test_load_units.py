@@ -10,8 +10,8 @@ from asrperf.errors import ConfigError
 from asrperf.load.arrivals import Arrivals, inter_arrival_s, nominal_rate_rps, parse_arrivals, schedule
 from asrperf.load.client import OK, REJECTED, TIMEOUT, RequestRecord
 from asrperf.load.generator import Bounds, LoadRun
-from asrperf.load.metrics import knee_rate_rps, probe_row
-from asrperf.load.search import find_max_rate, sweep
+from asrperf.load.metrics import completion_rate_rps, knee_rate_rps, probe_row
+from asrperf.load.search import find_max_rate, saturation_rate, sweep
 from asrperf.load.slo import FAIL, PASS, UNRESOLVED, evaluate, parse_slo, requests_to_resolve, verdict
 from asrperf.load.workload import WorkClip
 from asrperf.measure.stats import wilson_ci
@@ -245,3 +245,28 @@ def test_knee_literal():
     rows = [{"offered_rate_rps": r, "latency_s_p90": p} for r, p in ((1, 1.0), (2, 1.5), (3, 2.0), (4, 2.1), (5, 9.0))]
     assert knee_rate_rps(rows) == 3
     assert knee_rate_rps([]) is None
+
+
+def _answered(i, scheduled_s, done_s, warmup=False):
+    r = RequestRecord(i, 0, "c0", 10.0, scheduled_s=scheduled_s, warmup=warmup)
+    r.sent_s, r.done_s, r.outcome, r.status, r.text = scheduled_s, done_s, OK, 200, "hello world"
+    return r
+
+
+def test_completion_rate_counts_the_saturated_window_only():
+    # a closed loop at saturation against a server running batches of 4 every 2 s: the warm-up batch
+    # (sent at 0) is answered at 2 s, later batches at 4, 6, 8; sending stops after 6 s, so the batch
+    # sent at 6 drains alone after the loaded window. The steady state is 4 answers per 2 s.
+    records = [_answered(i, 0.0, 2.0, warmup=True) for i in range(4)]
+    for k, t in enumerate((2.0, 4.0, 6.0)):
+        records += [_answered(4 + 4 * k + j, t, t + 2.0) for j in range(4)]
+    run = LoadRun(Arrivals("concurrency", clients=8), Bounds(100, 6.0, 10.0, warmup_s=1.0), 0, records)
+    assert completion_rate_rps(run) == pytest.approx(2.0)  # answers at 4 and 6 s (8) over 2 -> 6 s (4 s)
+    row = probe_row(run, CLIPS, None, {})
+    # achieved counts measured answers (12) over first measured send (2 s) to the last answer (8 s)
+    assert row["achieved_rate_rps"] == pytest.approx(12 / 6) and row["completion_rate_rps"] == pytest.approx(2.0)
+    # a lone answer in the window gives no rate, and the saturation falls back to the achieved one
+    lone = LoadRun(Arrivals("concurrency", clients=1), Bounds(10, 3.0, 10.0), 0, [_answered(0, 0.0, 2.0)])
+    assert completion_rate_rps(lone) is None
+    assert saturation_rate({"completion_rate_rps": None, "achieved_rate_rps": 0.5}) == 0.5
+    assert saturation_rate({"completion_rate_rps": 1.5, "achieved_rate_rps": 0.5}) == 1.5

@@ -357,3 +357,23 @@ def test_streams_send_each_clip_when_the_previous_one_has_played(md1):
     assert all(r.outcome == OK for r in run.records)
     row = probe_row(run, clips, None, {})
     assert row["offered_rate_rps"] == pytest.approx(4.0)  # 2 streams / 0.5 s of audio each
+
+
+def test_a_server_started_beside_the_generator_runs_niced_and_the_rows_say_so():
+    # niceness weighs the server's threads below the generator's, so its sends are not late for
+    # want of a core; /health reports the niceness and every probe row records it, with the
+    # generator's own priority (restored when the run ends)
+    import os
+
+    from asrperf.load.launch import SERVER_NICE
+    from asrperf.load.session import LoadPlan, execute
+
+    before = os.sched_getscheduler(0), os.nice(0)
+    with server_process([sys.executable, STUB, "--service-ms", "20"], startup_timeout_s=120, stop_timeout_s=30,
+                        nice=SERVER_NICE) as server:
+        assert _health(server.url)["nice"] == os.nice(0) + SERVER_NICE
+        row, = execute(LoadPlan("single", parse_arrivals("constant:20"), Bounds(10, 1.0, 5.0)),
+                       Target(server.url, "stub"), _clips(2), {})
+    assert row["server_nice"] == os.nice(0) + SERVER_NICE and row["n_ok"] == 10
+    assert row["generator_policy"] in ("fifo", "normal")
+    assert (os.sched_getscheduler(0), os.nice(0)) == before

@@ -105,22 +105,29 @@ def _read_answer(record: RequestRecord, response: Any) -> None:
         record.error = _one_line(response.text)
 
 
-async def send(client: Any, url: str, model: str, wav: bytes, record: RequestRecord, timeout_s: float,
-               api_key: str | None, t0: float) -> RequestRecord:
-    """POST one clip and fill `record` in; never raises for an HTTP or network failure."""
-    import httpx
+def build(client: Any, url: str, model: str, wav: bytes, record: RequestRecord, api_key: str | None,
+          t0: float) -> Any:
+    """The POST of one clip, built ahead of its send time (the multipart body is encoded here, so
+    the send itself only writes); its trace hook stamps `record.sent_s` when it reaches the wire."""
 
     async def trace(event: str, info: dict) -> None:  # httpcore's async interface awaits its trace hook
         if event == _WIRE_EVENT and record.sent_s is None:
             record.sent_s = time.monotonic() - t0
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    request = client.build_request("POST", url, files={"file": ("clip.wav", wav, "audio/wav")},
+                                   data={"model": model, "response_format": "json"}, headers=headers,
+                                   extensions={"trace": trace})
+    request.read()  # the body in memory: no encoding work left for the send
+    return request
+
+
+async def send(client: Any, request: Any, record: RequestRecord, timeout_s: float, t0: float) -> RequestRecord:
+    """Send a `build` request and fill `record` in; never raises for an HTTP or network failure."""
+    import httpx
+
     try:
-        response = await asyncio.wait_for(
-            client.post(url, files={"file": ("clip.wav", wav, "audio/wav")},
-                        data={"model": model, "response_format": "json"}, headers=headers,
-                        extensions={"trace": trace}),
-            timeout_s)
+        response = await asyncio.wait_for(client.send(request), timeout_s)
         record.done_s = time.monotonic() - t0
         _read_answer(record, response)
     except (asyncio.TimeoutError, httpx.TimeoutException):  # wait_for cancels the request: httpx closes it

@@ -90,7 +90,7 @@ def load_command(
 
     from asrperf.load.arrivals import parse_arrivals
     from asrperf.load.generator import Bounds, Target
-    from asrperf.load.launch import asrperf_serve_argv, server_process
+    from asrperf.load.launch import SERVER_NICE, asrperf_serve_argv, server_process
     from asrperf.load.record import render_table, save_rows
     from asrperf.load.session import LoadPlan, execute
     from asrperf.load.slo import parse_slo
@@ -117,7 +117,7 @@ def load_command(
                     "--max-wait-ms", str(max_wait_ms), "--max-queue", str(max_queue), "--cache-dir", cache,
                     *(["--api-key-env", api_key_env] if api_key_env else [])]
             with console.status("starting asrperf serve (loading the model)"):
-                base = stack.enter_context(server_process(asrperf_serve_argv(args))).url
+                base = stack.enter_context(server_process(asrperf_serve_argv(args), nice=SERVER_NICE)).url
         target = Target(base, model or (_served_model(base, key) if url else "whisper-tiny.en"), key)
         with console.status(f"{plan.mode}: probing {escape(base)}") as status:
             def on_probe(row: dict[str, Any]) -> None:

@@ -8,6 +8,14 @@ server's queue) counts against the server instead of vanishing (coordinated omis
 and HdrHistogram describe it). Closed loop: N clients, each sends as soon as its previous
 answer is in; its "scheduled" time is that moment.
 
+Sending on time (the generator's lateness is on every row): each open-loop request is built
+(its multipart body encoded) before its time; the scheduler sleeps until SPIN_S before it and
+waits the rest on the clock, since an event loop's sleep wakes a millisecond or more late; and
+while it runs, the scheduling thread takes the lowest real-time priority where the OS permits it
+(root or CAP_SYS_NICE; the row's generator_policy says), so a server computing on every core does
+not delay its wake-ups. Without that permission it stays at normal priority, and an asrperf
+server it starts itself runs niced (launch.SERVER_NICE) for the same reason.
+
 A run ends after `max_requests` sends or when `duration_s` has passed since the first one,
 whichever comes first; each request then has at most `timeout_s` to finish, so a run never
 outlasts duration_s + timeout_s.
@@ -17,17 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from asrperf.errors import ConfigError
 from asrperf.load.arrivals import Arrivals, schedule
-from asrperf.load.client import RequestRecord, send
+from asrperf.load.client import RequestRecord, build, send
 from asrperf.load.workload import WorkClip
 
 START_LEAD_S = 0.05  # the schedule starts this long after setup, so the first send is not late by setup time
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
+SPIN_S = 0.003  # open loop: wake this long before each send time and wait the rest on the clock
+NORMAL, REALTIME = "normal", "fifo"  # LoadRun.policy: the scheduling thread's priority while it ran
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,31 @@ class LoadRun:
     records: list[RequestRecord] = field(default_factory=list)
     started_at: float = 0.0  # wall clock (time.time()) of the schedule's zero
     wall_s: float = 0.0  # from the schedule's zero to the last answer
+    policy: str = NORMAL  # the scheduling thread's priority: REALTIME where the OS permitted it
+
+
+@contextmanager
+def _send_priority() -> Iterator[str]:
+    """The calling thread at the lowest real-time priority while the run lasts, where permitted."""
+    try:
+        before = os.sched_getscheduler(0), os.sched_getparam(0)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(os.sched_get_priority_min(os.SCHED_FIFO)))
+    except (AttributeError, OSError):  # not Linux-like, or no permission: normal priority
+        yield NORMAL
+        return
+    try:
+        yield REALTIME
+    finally:
+        os.sched_setscheduler(0, before[0], before[1])
+
+
+async def _until(deadline: float) -> None:
+    """Return at `deadline` (monotonic): sleep to SPIN_S before it, then wait on the clock."""
+    delay = deadline - SPIN_S - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    while time.monotonic() < deadline:
+        pass
 
 
 def _client(max_connections: int | None):
@@ -98,18 +135,28 @@ async def run_load_async(target: Target, clips: Sequence[WorkClip], arrivals: Ar
     if not clips:
         raise ConfigError("no clips to send; check the source and n_clips")
     run = LoadRun(arrivals, bounds, seed)
+    with _send_priority() as run.policy:
+        await _run(run, target, clips)
+    return run
+
+
+async def _run(run: LoadRun, target: Target, clips: Sequence[WorkClip]) -> None:
+    arrivals, bounds, seed = run.arrivals, run.bounds, run.seed
     async with _client(None) as client:
         t0 = time.monotonic() + START_LEAD_S
         run.started_at = time.time() + START_LEAD_S
 
-        async def one(record: RequestRecord, slots: asyncio.Semaphore | None) -> None:
-            wav = clips[record.clip_index].wav
+        def request_for(record: RequestRecord):
+            return build(client, target.endpoint, target.model, clips[record.clip_index].wav, record,
+                         target.api_key, t0)
+
+        async def one(record: RequestRecord, request, slots: asyncio.Semaphore | None) -> None:
             if slots is None:
-                await send(client, target.endpoint, target.model, wav, record, bounds.timeout_s, target.api_key, t0)
+                await send(client, request, record, bounds.timeout_s, t0)
                 return
             async with slots:
                 record.slot_s = time.monotonic() - t0
-                await send(client, target.endpoint, target.model, wav, record, bounds.timeout_s, target.api_key, t0)
+                await send(client, request, record, bounds.timeout_s, t0)
 
         def record_for(index: int, clip: int, scheduled_s: float) -> RequestRecord:
             c = clips[clip]
@@ -122,10 +169,11 @@ async def run_load_async(target: Target, clips: Sequence[WorkClip], arrivals: Ar
             slots = asyncio.Semaphore(bounds.max_in_flight) if bounds.max_in_flight else None
             tasks = []
             for i, (offset, clip) in enumerate(plan):
-                delay = t0 + offset - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(record_for(i, clip, offset), slots)))
+                record = record_for(i, clip, offset)
+                request = request_for(record)
+                await _until(t0 + offset)
+                tasks.append(asyncio.create_task(one(record, request, slots)))
+                await asyncio.sleep(0)  # let it start sending before the next request is built
             await asyncio.gather(*tasks)
         else:
             counter = itertools.count()
@@ -136,11 +184,11 @@ async def run_load_async(target: Target, clips: Sequence[WorkClip], arrivals: Ar
                     i = next(counter)
                     if i >= bounds.max_requests:
                         return
-                    await one(record_for(i, i % len(clips), now), None)
+                    record = record_for(i, i % len(clips), now)
+                    await one(record, request_for(record), None)
 
             await asyncio.gather(*(closed_client() for _ in range(arrivals.clients)))
         run.wall_s = max((r.done_s or 0.0) for r in run.records) if run.records else 0.0
-    return run
 
 
 def run_load(target: Target, clips: Sequence[WorkClip], arrivals: Arrivals, bounds: Bounds,

@@ -25,6 +25,11 @@ from typing import Any
 from asrperf.errors import AsrperfError
 
 LOOPBACK = "127.0.0.1"
+# The niceness of a server that asrperf starts beside its own load generator: under contention the
+# generator's sends then go out on time (its lateness, measured on every row) instead of waiting for
+# the server's compute threads to yield a core. With the machine otherwise idle it changes nothing:
+# niceness only weighs runnable threads against each other. /health reports the server's niceness.
+SERVER_NICE = 10
 _LOG_TAIL_LINES = 20
 
 
@@ -65,17 +70,34 @@ def _parent_death_signal():
     return arm
 
 
+def _preexec(die_with_parent: bool, nice: int):
+    """The child's setup before exec: its niceness (inherited by every thread it starts), the death signal."""
+    arm = _parent_death_signal() if die_with_parent else None
+    if not nice and arm is None:
+        return None
+
+    def setup() -> None:
+        if nice:
+            os.nice(nice)
+        if arm is not None:
+            arm()
+
+    return setup
+
+
 @contextmanager
 def server_process(command: Sequence[str], startup_timeout_s: float = 900.0, stop_timeout_s: float = 90.0,
-                   env: dict[str, str] | None = None, die_with_parent: bool = False) -> Iterator[RunningServer]:
-    """Start `command` (a server accepting --host/--port/--port-file), yield it once it listens."""
+                   env: dict[str, str] | None = None, die_with_parent: bool = False,
+                   nice: int = 0) -> Iterator[RunningServer]:
+    """Start `command` (a server accepting --host/--port/--port-file), yield it once it listens;
+    `nice` raises its niceness (SERVER_NICE when the load generator shares the machine)."""
     with tempfile.TemporaryDirectory(prefix="asrperf-serve-") as tmp:
         port_file, log_path = Path(tmp) / "port", Path(tmp) / "server.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen([*command, "--host", LOOPBACK, "--port", "0", "--port-file", str(port_file)],
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**os.environ, **(env or {})},
-                                    preexec_fn=_parent_death_signal() if die_with_parent else None)
+                                    preexec_fn=_preexec(die_with_parent, nice))
         server = RunningServer("", proc, log_path)
         try:
             deadline = time.monotonic() + startup_timeout_s

@@ -5,6 +5,12 @@ Over the measured requests (those scheduled after the warm-up window):
 - offered_rate_rps: the pattern's nominal rate (open loop; streams: N / mean clip duration);
   closed loop has none, so it is the measured send rate, requests / window_s.
   scheduled_rate_rps: the rate the schedule realised, (n - 1) / (last - first scheduled send).
+- completion_rate_rps: the server's steady-state rate: successful answers (warm-up requests'
+  too) completed after the first answer and up to the last one, both within the loaded window
+  (after warmup_s, before the last scheduled send), over the time between those two answers. A
+  closed-loop probe at saturation keeps the server full only in that window: before it the
+  warm-up requests hold the server, after it the clients stop and the queue drains, and a
+  batching server answers a whole batch at once. It is the saturation rate the search uses.
 - achieved_rate_rps: successful answers / window_s. audio_s_per_s: audio seconds of those
   answers / window_s (RTFx under load).
 - latency_s_*: end to end from the *scheduled* send time (no coordinated omission), successes
@@ -71,6 +77,16 @@ def _scheduled_rate(scheduled_s: Sequence[float]) -> float | None:
     return (len(scheduled_s) - 1) / span if len(scheduled_s) > 1 and span > 0 else None
 
 
+def completion_rate_rps(run: LoadRun) -> float | None:
+    """Answers per second in the loaded window, between its first and last answer (module docstring)."""
+    last_send = max((r.scheduled_s for r in run.records), default=0.0)
+    done = sorted(r.done_s for r in run.records
+                  if r.outcome == OK and r.done_s is not None and run.bounds.warmup_s <= r.done_s <= last_send)
+    if len(done) < 2 or done[-1] <= done[0]:
+        return None
+    return sum(1 for t in done if t > done[0]) / (done[-1] - done[0])
+
+
 def probe_row(run: LoadRun, clips: Sequence[WorkClip], slo: Slo | None, context: dict[str, Any]) -> dict[str, Any]:
     """The row of one probe: `context` (target, server, probe identity) plus every metric above."""
     measured = [r for r in run.records if not r.warmup]
@@ -96,6 +112,7 @@ def probe_row(run: LoadRun, clips: Sequence[WorkClip], slo: Slo | None, context:
         "offered_rate_rps": nominal if nominal is not None else per_s(len(measured)),
         "scheduled_rate_rps": _scheduled_rate([r.scheduled_s for r in measured]),
         "achieved_rate_rps": per_s(len(done)),
+        "completion_rate_rps": completion_rate_rps(run),
         "audio_s_per_s": per_s(sum(r.audio_s for r in done)),
         "audio_s_mean": float(np.mean([r.audio_s for r in measured])) if measured else None,
     }
@@ -113,6 +130,7 @@ def probe_row(run: LoadRun, clips: Sequence[WorkClip], slo: Slo | None, context:
     row.update(_stats("lateness_s", [r.lateness_s for r in measured], ("p50", "p99", "max")))
     row.update(_stats("slot_wait_s", [r.slot_wait_s for r in measured], ("p99", "max")))
     row["lateness_bound_s"] = LATENESS_BOUND_S
+    row["generator_policy"] = run.policy
     row["lateness_ok"] = row["lateness_s_p99"] is not None and row["lateness_s_p99"] <= LATENESS_BOUND_S
     sizes = [r.batch_size for r in done if r.batch_size is not None]
     row["batch_size_mean"] = float(np.mean(sizes)) if sizes else None

@@ -4,7 +4,7 @@ Search, as guidellm's and MLPerf LoadGen's do it:
 1. a synchronous probe (concurrency:1): the rate of one request at a time; if even that misses
    the SLO, no rate meets it ("unattainable");
 2. a saturation probe (concurrency:N, N = the server's max batch x 2 by default): the most the
-   server completes per second; an open-loop rate above it cannot be sustained;
+   server completes per second in steady state (metrics.completion_rate_rps); an open-loop rate above it cannot be sustained;
 3. bisection on the open-loop rate (Poisson unless told) inside (0, saturation): the first probe
    at the synchronous rate (at most half the saturation rate), then midpoints; a probe whose SLO
    point estimates hold raises the lower end, any other lowers the upper end. It stops when the
@@ -79,7 +79,12 @@ def _anchors(probe: Probe, saturation_clients: int) -> tuple[dict[str, Any], dic
     sync = probe(Arrivals("concurrency", clients=1), SYNCHRONOUS)
     sat = probe(Arrivals("concurrency", clients=saturation_clients), SATURATION)
     r_sync = sync.get("achieved_rate_rps") or 0.0
-    return sync, sat, r_sync, max(sat.get("achieved_rate_rps") or 0.0, r_sync)
+    return sync, sat, r_sync, max(saturation_rate(sat), r_sync)
+
+
+def saturation_rate(row: dict[str, Any]) -> float:
+    """A saturation probe's rate: its steady-state completion rate, else its achieved rate."""
+    return row.get("completion_rate_rps") or row.get("achieved_rate_rps") or 0.0
 
 
 def find_max_rate(probe: Probe, pattern: Arrivals, saturation_clients: int, precision: float = 0.05,
@@ -146,7 +151,7 @@ def sweep(probe: Probe, pattern: Arrivals, saturation_clients: int, rates_rps: S
     if not rates_rps:
         sat = probe(Arrivals("concurrency", clients=saturation_clients), SATURATION)
         probes.append(sat)
-        r_sat = sat.get("achieved_rate_rps")
+        r_sat = saturation_rate(sat) or None
         if not r_sat:
             return SweepResult(probes, None, None)
         rates_rps = [_round(f * r_sat) for f in fractions]

@@ -52,7 +52,8 @@ def server_context(url: str) -> dict[str, Any]:
     h = health(url)
     if h is None:
         return {"server": "external"}
-    return {"server": "asrperf", "server_model": h.get("model"), **{k: h.get(k) for k in _SERVER_FIELDS},
+    return {"server": "asrperf", "server_model": h.get("model"), "server_nice": h.get("nice"),
+            **{k: h.get(k) for k in _SERVER_FIELDS},
             "engine_info": h.get("engine_info", {})}
 
 

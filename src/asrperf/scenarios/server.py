@@ -82,7 +82,7 @@ class ServerScenario(Scenario):
     def run(self, ctx: CellContext) -> dict[str, Any]:
         from asrperf.engines.base import cpu_threads
         from asrperf.load.generator import Target
-        from asrperf.load.launch import asrperf_serve_argv, server_process
+        from asrperf.load.launch import SERVER_NICE, asrperf_serve_argv, server_process
         from asrperf.load.session import execute
         from asrperf.load.workload import WorkClip, encode_wav
 
@@ -102,7 +102,7 @@ class ServerScenario(Scenario):
         t0 = time.perf_counter()
         with server_process(asrperf_serve_argv(args), startup_timeout_s=settings.startup_timeout_s,
                             stop_timeout_s=settings.timeout_s + 30, env={"PYTHONPATH": _plugin_path(plugins)},
-                            die_with_parent=True) as server:
+                            die_with_parent=True, nice=SERVER_NICE) as server:
             startup_s = time.perf_counter() - t0
             try:
                 rows = execute(plan, Target(server.url, ctx.model.name), work,

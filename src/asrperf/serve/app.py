@@ -12,6 +12,7 @@ the upload) and X-Batch-Size (requests in that engine call).
 # imported inside create_app (fastapi is an optional extra), at definition time
 import asyncio
 import hmac
+import os
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -125,7 +126,7 @@ def create_app(transcribe: TranscribeFn, served: ServedModel, settings: ServerSe
                 "max_wait_ms": settings.max_wait_ms, "max_queue": settings.max_queue,
                 "max_audio_s": settings.max_audio_s, "max_upload_bytes": settings.max_upload_bytes,
                 "queued": b.queued, "in_compute": b.in_compute, "batches": b.batches,
-                "uptime_s": time.time() - state["started"], "engine_info": served.info}
+                "uptime_s": time.time() - state["started"], "nice": os.nice(0), "engine_info": served.info}
 
     @app.get("/metrics")
     async def metrics() -> Response:
