@@ -257,14 +257,17 @@ def test_completion_rate_counts_the_saturated_window_only():
     # a closed loop at saturation against a server running batches of 4 every 2 s: the warm-up batch
     # (sent at 0) is answered at 2 s, later batches at 4, 6, 8; sending stops after 6 s, so the batch
     # sent at 6 drains alone after the loaded window. The steady state is 4 answers per 2 s.
-    records = [_answered(i, 0.0, 2.0, warmup=True) for i in range(4)]
+    # a batch's answers come back a few ms apart, and each client sends again on its answer
+    records = [_answered(j, 0.003 * j, 2.0 + 0.003 * j, warmup=True) for j in range(4)]
     for k, t in enumerate((2.0, 4.0, 6.0)):
-        records += [_answered(4 + 4 * k + j, t, t + 2.0) for j in range(4)]
+        records += [_answered(4 + 4 * k + j, t + 0.003 * j, t + 2.0 + 0.003 * j) for j in range(4)]
     run = LoadRun(Arrivals("concurrency", clients=8), Bounds(100, 6.0, 10.0, warmup_s=1.0), 0, records)
-    assert completion_rate_rps(run) == pytest.approx(2.0)  # answers at 4 and 6 s (8) over 2 -> 6 s (4 s)
+    # answers of the batches ending at 4 and 6 s (8), over the last answer at 2 s to the last at 6 s
+    assert completion_rate_rps(run) == pytest.approx(8 / (6.009 - 2.009))  # = 2.0
     row = probe_row(run, CLIPS, None, {})
     # achieved counts measured answers (12) over first measured send (2 s) to the last answer (8 s)
-    assert row["achieved_rate_rps"] == pytest.approx(12 / 6) and row["completion_rate_rps"] == pytest.approx(2.0)
+    assert row["achieved_rate_rps"] == pytest.approx(12 / (8.009 - 2.0))
+    assert row["completion_rate_rps"] == pytest.approx(2.0)
     # a lone answer in the window gives no rate, and the saturation falls back to the achieved one
     lone = LoadRun(Arrivals("concurrency", clients=1), Bounds(10, 3.0, 10.0), 0, [_answered(0, 0.0, 2.0)])
     assert completion_rate_rps(lone) is None

@@ -10,7 +10,9 @@ Over the measured requests (those scheduled after the warm-up window):
   (after warmup_s, before the last scheduled send), over the time between those two answers. A
   closed-loop probe at saturation keeps the server full only in that window: before it the
   warm-up requests hold the server, after it the clients stop and the queue drains, and a
-  batching server answers a whole batch at once. It is the saturation rate the search uses.
+  batching server answers a whole batch at once (its answers, within ANSWER_CLUSTER_S of the
+  window's first, open the window rather than count in it). It is the saturation rate the
+  search uses.
 - achieved_rate_rps: successful answers / window_s. audio_s_per_s: audio seconds of those
   answers / window_s (RTFx under load).
 - latency_s_*: end to end from the *scheduled* send time (no coordinated omission), successes
@@ -46,6 +48,7 @@ from asrperf.load.slo import Slo, evaluate
 from asrperf.load.workload import WorkClip
 from asrperf.measure.stats import summarize, wilson_ci
 
+ANSWER_CLUSTER_S = 0.1  # completion_rate_rps: answers this close to the first belong to its batch
 LATENESS_BOUND_S = 0.002  # the generator's p99 lateness target (issue "Serving under load")
 KNEE_LATENCY_FACTOR = 2.0  # the knee: the last offered rate whose p90 stays within 2x the lowest rate's p90
 _PERCENTILES = ("mean", "p50", "p90", "p99", "max")
@@ -82,9 +85,11 @@ def completion_rate_rps(run: LoadRun) -> float | None:
     last_send = max((r.scheduled_s for r in run.records), default=0.0)
     done = sorted(r.done_s for r in run.records
                   if r.outcome == OK and r.done_s is not None and run.bounds.warmup_s <= r.done_s <= last_send)
-    if len(done) < 2 or done[-1] <= done[0]:
+    # the first answer's batch comes back over a few milliseconds, not at one instant: start after it
+    start = max(t for t in done if t <= done[0] + ANSWER_CLUSTER_S) if done else 0.0
+    if len(done) < 2 or done[-1] <= start:
         return None
-    return sum(1 for t in done if t > done[0]) / (done[-1] - done[0])
+    return sum(1 for t in done if t > start) / (done[-1] - start)
 
 
 def probe_row(run: LoadRun, clips: Sequence[WorkClip], slo: Slo | None, context: dict[str, Any]) -> dict[str, Any]:
