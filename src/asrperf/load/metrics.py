@@ -85,9 +85,11 @@ def completion_rate_rps(run: LoadRun) -> float | None:
     last_send = max((r.scheduled_s for r in run.records), default=0.0)
     done = sorted(r.done_s for r in run.records
                   if r.outcome == OK and r.done_s is not None and run.bounds.warmup_s <= r.done_s <= last_send)
+    if len(done) < 2:
+        return None
     # the first answer's batch comes back over a few milliseconds, not at one instant: start after it
-    start = max(t for t in done if t <= done[0] + ANSWER_CLUSTER_S) if done else 0.0
-    if len(done) < 2 or done[-1] <= start:
+    start = max(t for t in done if t <= done[0] + ANSWER_CLUSTER_S)
+    if done[-1] <= start:
         return None
     return sum(1 for t in done if t > start) / (done[-1] - start)
 

@@ -4,7 +4,8 @@ Search, as guidellm's and MLPerf LoadGen's do it:
 1. a synchronous probe (concurrency:1): the rate of one request at a time; if even that misses
    the SLO, no rate meets it ("unattainable");
 2. a saturation probe (concurrency:N, N = the server's max batch x 2 by default): the most the
-   server completes per second in steady state (metrics.completion_rate_rps); an open-loop rate above it cannot be sustained;
+   server completes per second in steady state (metrics.completion_rate_rps); an open-loop
+   rate above it cannot be sustained;
 3. bisection on the open-loop rate (Poisson unless told) inside (0, saturation): the first probe
    at the synchronous rate (at most half the saturation rate), then midpoints; a probe whose SLO
    point estimates hold raises the lower end, any other lowers the upper end. It stops when the
