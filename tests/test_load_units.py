@@ -273,3 +273,39 @@ def test_completion_rate_counts_the_saturated_window_only():
     assert completion_rate_rps(lone) is None
     assert saturation_rate({"completion_rate_rps": None, "achieved_rate_rps": 0.5}) == 0.5
     assert saturation_rate({"completion_rate_rps": 1.5, "achieved_rate_rps": 0.5}) == 1.5
+
+
+def test_the_scheduler_lets_a_started_request_go_on_while_it_waits_for_the_next_send():
+    """The wait for the next send time yields to the event loop, and the scheduler prepares nothing
+    until the request it started is on the wire: a request due 2 ms before the next one once waited
+    for that one's send, since the wait spun without yielding."""
+    import asyncio
+    import time
+
+    from asrperf.load.generator import _on_wire, _until
+
+    async def scenario():
+        record = RequestRecord(0, 0, "c", 1.0, 0.0)
+        steps = []
+
+        async def sending():  # a send path that yields to the loop 5 times before its first byte
+            for _ in range(5):
+                steps.append(time.monotonic())
+                await asyncio.sleep(0)
+            record.sent_s = 1.0
+
+        task = asyncio.create_task(sending())
+        await _on_wire(record, task, None, time.monotonic() + 10.0)
+        assert record.sent_s == 1.0 and len(steps) == 5  # it waited for the wire, not for the limit
+        others = []
+
+        async def other():
+            others.append(time.monotonic())
+
+        deadline = time.monotonic() + 0.002  # inside the spin: no sleep, only the clock wait
+        asyncio.create_task(other())
+        await _until(deadline)
+        assert others and others[0] < deadline  # the other task ran while the scheduler waited
+        await task
+
+    asyncio.run(scenario())

@@ -105,21 +105,32 @@ def _read_answer(record: RequestRecord, response: Any) -> None:
         record.error = _one_line(response.text)
 
 
-def build(client: Any, url: str, model: str, wav: bytes, record: RequestRecord, api_key: str | None,
-          t0: float) -> Any:
-    """The POST of one clip, built ahead of its send time (the multipart body is encoded here, so
-    the send itself only writes); its trace hook stamps `record.sent_s` when it reaches the wire."""
+@dataclass(frozen=True)
+class Body:
+    """One clip's POST, encoded once: the multipart bytes and the headers that go with them."""
+
+    content: bytes
+    headers: dict[str, str]
+
+
+def encode(client: Any, url: str, model: str, wav: bytes, api_key: str | None) -> Body:
+    """The multipart body of one clip (httpx encodes it), reused by every request of that clip."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    request = client.build_request("POST", url, files={"file": ("clip.wav", wav, "audio/wav")},
+                                   data={"model": model, "response_format": "json"}, headers=headers)
+    return Body(request.read(), {**headers, "Content-Type": request.headers["content-type"]})
+
+
+def build(client: Any, url: str, body: Body, record: RequestRecord, t0: float) -> Any:
+    """The POST of one clip from its encoded `body` (no encoding work left for the send); its trace
+    hook stamps `record.sent_s` when the request reaches the wire."""
 
     async def trace(event: str, info: dict) -> None:  # httpcore's async interface awaits its trace hook
         if event == _WIRE_EVENT and record.sent_s is None:
             record.sent_s = time.monotonic() - t0
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    request = client.build_request("POST", url, files={"file": ("clip.wav", wav, "audio/wav")},
-                                   data={"model": model, "response_format": "json"}, headers=headers,
-                                   extensions={"trace": trace})
-    request.read()  # the body in memory: no encoding work left for the send
-    return request
+    return client.build_request("POST", url, content=body.content, headers=body.headers,
+                                extensions={"trace": trace})
 
 
 async def send(client: Any, request: Any, record: RequestRecord, timeout_s: float, t0: float) -> RequestRecord:

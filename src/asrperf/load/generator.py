@@ -8,13 +8,23 @@ server's queue) counts against the server instead of vanishing (coordinated omis
 and HdrHistogram describe it). Closed loop: N clients, each sends as soon as its previous
 answer is in; its "scheduled" time is that moment.
 
-Sending on time (the generator's lateness is on every row): each open-loop request is built
-(its multipart body encoded) before its time; the scheduler sleeps until SPIN_S before it and
-waits the rest on the clock, since an event loop's sleep wakes a millisecond or more late; and
-while it runs, the scheduling thread takes the lowest real-time priority where the OS permits it
-(root or CAP_SYS_NICE; the row's generator_policy says), so a server computing on every core does
-not delay its wake-ups. Without that permission it stays at normal priority, and an asrperf
-server it starts itself runs niced (launch.SERVER_NICE) for the same reason.
+Sending on time (the generator's lateness is on every row, measured to the request's first byte
+on the wire):
+- each clip's multipart body is encoded once, before the schedule starts, so a request costs
+  only its headers;
+- the scheduler sleeps until SPIN_S before each send time and waits the rest on the clock, since
+  an event loop's sleep wakes a millisecond or more late; it yields to the loop while it waits,
+  so a request started just before goes on meanwhile;
+- once it has started a request, it yields until that request is on the wire (or waits for an
+  in-flight slot) before it prepares the next: the send path yields to the loop several times
+  before its first byte, and whatever the scheduler did in between was that request's lateness;
+- idle connections are kept for the whole run (KEEPALIVE_S; an asrperf server keeps them 75 s),
+  and a few are opened before the schedule starts (PREOPEN, by a GET on the endpoint, which does
+  no work), since a connection opened at send time adds its connect to the lateness;
+- while it runs, the scheduling thread takes the lowest real-time priority where the OS permits
+  it (root or CAP_SYS_NICE; the row's generator_policy says), so a server computing on every core
+  does not delay its wake-ups. Without that permission it stays at normal priority, and an
+  asrperf server it starts itself runs niced (launch.SERVER_NICE) for the same reason.
 
 A run ends after `max_requests` sends or when `duration_s` has passed since the first one,
 whichever comes first; each request then has at most `timeout_s` to finish, so a run never
@@ -33,12 +43,16 @@ from dataclasses import dataclass, field
 
 from asrperf.errors import ConfigError
 from asrperf.load.arrivals import Arrivals, schedule
-from asrperf.load.client import RequestRecord, build, send
+from asrperf.load.client import RequestRecord, build, encode, send
 from asrperf.load.workload import WorkClip
 
 START_LEAD_S = 0.05  # the schedule starts this long after setup, so the first send is not late by setup time
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 SPIN_S = 0.003  # open loop: wake this long before each send time and wait the rest on the clock
+KEEPALIVE_S = 300.0  # idle connections stay open this long (httpx's default, 5 s, closed them between sends)
+# connections opened before the schedule starts: an open loop's first few (every idle connection in the
+# pool costs each send a readiness check, so not more), one per client (streams, concurrency) up to 64
+PREOPEN, CLIENT_PREOPEN = 4, 64
 NORMAL, REALTIME = "normal", "fifo"  # LoadRun.policy: the scheduling thread's priority while it ran
 
 
@@ -108,21 +122,54 @@ def _send_priority() -> Iterator[str]:
         os.sched_setscheduler(0, before[0], before[1])
 
 
+async def _on_wire(record: RequestRecord, task: asyncio.Task, slots: asyncio.Semaphore | None,
+                   limit: float) -> None:
+    """Yield to the event loop until `record`'s request is on the wire, it ended, it waits for an
+    in-flight slot, or the clock passes `limit` (monotonic), whichever comes first."""
+    while record.sent_s is None and not task.done() and time.monotonic() < limit:
+        if slots is not None and record.slot_s is None and slots.locked():
+            return  # waiting for a slot: that wait is counted apart, and the schedule goes on
+        await asyncio.sleep(0)
+
+
 async def _until(deadline: float) -> None:
-    """Return at `deadline` (monotonic): sleep to SPIN_S before it, then wait on the clock."""
+    """Return at `deadline` (monotonic): sleep to SPIN_S before it, then wait on the clock, yielding
+    to the event loop meanwhile (a request started just before must not wait for this one's send)."""
     delay = deadline - SPIN_S - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
     while time.monotonic() < deadline:
-        pass
+        await asyncio.sleep(0)
+
+
+async def _preopen(client, url: str, n: int) -> None:
+    """Open `n` keep-alive connections to the target ahead of the schedule: n concurrent GETs on the
+    endpoint (a POST-only route answers at once, doing nothing); a failure here is left to the run."""
+    import httpx
+
+    async def one() -> None:
+        try:
+            await client.get(url, timeout=5.0)
+        except httpx.HTTPError:
+            pass
+
+    await asyncio.gather(*(one() for _ in range(n)))
 
 
 def _client(max_connections: int | None):
     import httpx
 
     # trust_env=False: no proxy from the environment ever sits between the generator and the server
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                          keepalive_expiry=KEEPALIVE_S)
     return httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits, trust_env=False)
+
+
+def _connections_needed(arrivals: Arrivals, bounds: Bounds) -> int:
+    """How many connections to open ahead of the schedule (see PREOPEN)."""
+    wanted = (min(arrivals.clients, CLIENT_PREOPEN) if arrivals.clients
+              else min(PREOPEN, bounds.max_in_flight or PREOPEN))
+    return max(1, min(wanted, bounds.max_requests))
 
 
 async def run_load_async(target: Target, clips: Sequence[WorkClip], arrivals: Arrivals, bounds: Bounds,
@@ -143,12 +190,13 @@ async def run_load_async(target: Target, clips: Sequence[WorkClip], arrivals: Ar
 async def _run(run: LoadRun, target: Target, clips: Sequence[WorkClip]) -> None:
     arrivals, bounds, seed = run.arrivals, run.bounds, run.seed
     async with _client(None) as client:
+        bodies = [encode(client, target.endpoint, target.model, c.wav, target.api_key) for c in clips]
+        await _preopen(client, target.endpoint, _connections_needed(arrivals, bounds))
         t0 = time.monotonic() + START_LEAD_S
         run.started_at = time.time() + START_LEAD_S
 
         def request_for(record: RequestRecord):
-            return build(client, target.endpoint, target.model, clips[record.clip_index].wav, record,
-                         target.api_key, t0)
+            return build(client, target.endpoint, bodies[record.clip_index], record, t0)
 
         async def one(record: RequestRecord, request, slots: asyncio.Semaphore | None) -> None:
             if slots is None:
@@ -172,8 +220,10 @@ async def _run(run: LoadRun, target: Target, clips: Sequence[WorkClip]) -> None:
                 record = record_for(i, clip, offset)
                 request = request_for(record)
                 await _until(t0 + offset)
-                tasks.append(asyncio.create_task(one(record, request, slots)))
-                await asyncio.sleep(0)  # let it start sending before the next request is built
+                task = asyncio.create_task(one(record, request, slots))
+                tasks.append(task)
+                following = plan[i + 1][0] if i + 1 < len(plan) else bounds.duration_s
+                await _on_wire(record, task, slots, t0 + following - 2 * SPIN_S)
             await asyncio.gather(*tasks)
         else:
             counter = itertools.count()

@@ -125,6 +125,7 @@ def create_app(transcribe: TranscribeFn, served: ServedModel, settings: ServerSe
                 "variant": served.variant, "device": served.device, "max_batch_size": settings.max_batch_size,
                 "max_wait_ms": settings.max_wait_ms, "max_queue": settings.max_queue,
                 "max_audio_s": settings.max_audio_s, "max_upload_bytes": settings.max_upload_bytes,
+                "keep_alive_s": settings.keep_alive_s,
                 "queued": b.queued, "in_compute": b.in_compute, "batches": b.batches,
                 "uptime_s": time.time() - state["started"], "nice": os.nice(0), "engine_info": served.info}
 

@@ -32,6 +32,7 @@ def serve_command(
     max_audio_s: float = typer.Option(600.0, help="Longest audio in seconds (longer: 400)."),
     api_key_env: str = typer.Option("", help="Require 'Authorization: Bearer $NAME' (constant-time compare, 401)."),
     drain_timeout_s: float = typer.Option(60.0, help="On SIGTERM/SIGINT, time in-flight requests get to finish."),
+    keep_alive_s: float = typer.Option(75.0, help="How long an idle client connection stays open (seconds)."),
     cache_dir: Path = typer.Option(Path(".asrperf-cache"), help="Where converted weights are cached."),
     plugin: list[str] = typer.Option([], "--plugin", help="Import this module first (one that registers an engine; repeatable)."),
 ) -> None:
@@ -56,7 +57,8 @@ def serve_command(
     settings = ServerSettings(host=host, port=port, port_file=str(port_file or ""), max_batch_size=max_batch_size,
                               max_wait_ms=max_wait_ms, max_queue=max_queue,
                               max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_audio_s=max_audio_s,
-                              api_key_env=api_key_env, drain_timeout_s=drain_timeout_s).validate()
+                              api_key_env=api_key_env, drain_timeout_s=drain_timeout_s,
+                              keep_alive_s=keep_alive_s).validate()
     m = ModelConfig(name=model, engine=engine, weights=weights, dtype=dtype, quant=quant, attn=attn, compile=compile_,
                     longform=longform)
     serve(m, device, threads or usable_cores(), settings, cache_dir,

@@ -98,7 +98,8 @@ def run_server(transcribe: TranscribeFn, served: ServedModel, settings: ServerSe
     app = create_app(transcribe, served, settings)
     sock = _bind(settings.host, settings.port)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=settings.drain_timeout_s)
+                            timeout_graceful_shutdown=settings.drain_timeout_s,
+                            timeout_keep_alive=settings.keep_alive_s)
     server = uvicorn.Server(config)
 
     async def announce_when_ready() -> None:

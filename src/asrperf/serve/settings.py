@@ -26,6 +26,7 @@ class ServerSettings:
     max_audio_s: float = 600.0  # longer audio gets 400
     api_key_env: str = ""  # environment variable holding the Bearer key; "" = no authentication
     drain_timeout_s: float = 60.0  # on SIGTERM/SIGINT, how long in-flight requests may take to finish
+    keep_alive_s: float = 75.0  # an idle connection stays open this long (uvicorn's 5 s made clients reconnect)
 
     def validate(self) -> "ServerSettings":
         if not 0 <= self.port <= 65535:
@@ -40,6 +41,8 @@ class ServerSettings:
             raise ConfigError(f"--max-upload-mb: {self.max_upload_bytes} bytes is too small for any audio file")
         if self.max_audio_s <= 0:
             raise ConfigError(f"--max-audio-s: {self.max_audio_s} must be > 0")
+        if self.keep_alive_s <= 0:
+            raise ConfigError(f"--keep-alive-s: {self.keep_alive_s} must be > 0")
         if self.drain_timeout_s < 0:
             raise ConfigError(f"--drain-timeout-s: {self.drain_timeout_s} must be >= 0")
         if self.api_key_env:
