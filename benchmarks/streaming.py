@@ -3,6 +3,7 @@
     python benchmarks/streaming.py [--engines ct2:int8,transformers:fp32] [--length 15] [--n-clips 4]
                                    [--chunks 160,320,500,1000,2000] [--device cpu] [--store S] [--out summary.md]
                                    [--endpoint vad|none] [--endpoint-silence-ms 100] [--no-capacity]
+                                   [--encoder-window full|buffer] [--trim-s 15] [--folder DIR]
                                    [--targets-only] [--smoke]
 
 1. Targets, whisper tiny.en with real weights on the built-in corpus, 1000 ms chunks, every engine
@@ -20,6 +21,9 @@ unsegmented long-form speech, large-v2 on an NVIDIA A40; Macháček et al. 2023)
 LocalAgreement runs with the [streaming] default endpoint (none: pure LocalAgreement-2) unless
 --endpoint vad asks for the silero VAD endpoint (commit at the end of speech); the rows record which. --no-capacity skips
 the capacity search (the streams target is then unchecked), --targets-only the trade-off.
+--encoder-window buffer has Whisper's encoder read the buffer plus 1 s instead of 30 s (engine ct2);
+--folder DIR streams a folder of audio files with same-name .txt transcripts instead of the
+built-in corpus (audio the settings were not tuned on).
 
 --smoke runs a tiny version (5 s clips, 1 clip, two chunk sizes, max 2 streams, ct2 and random
 wav2vec2-base only) to check that the script works; its numbers mean nothing. Do not record
@@ -33,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from asrperf.config import STREAM_ENDPOINTS, StreamingConfig, config_from_dict
+from asrperf.config import ENCODER_WINDOWS, STREAM_ENDPOINTS, StreamingConfig, config_from_dict
 from asrperf.results.store import Store
 from asrperf.run.runner import run as run_cells
 
@@ -50,8 +54,9 @@ def _run(models: list[dict[str, Any]], chunks: list[int], streaming: dict[str, A
     cfg = config_from_dict({
         "run": {"clip_lengths_s": [args.length], "n_clips": args.n_clips, "scenarios": ["streaming"],
                 "chunk_ms": chunks, "store": args.store, "cache_dir": args.cache_dir, "energy": False,
-                "devices": [args.device]},
-        "source": {"kind": "builtin"}, "streaming": streaming, "models": models,
+                "devices": [args.device], **({"min_speech_share": args.min_speech_share} if args.folder else {})},
+        "source": {"kind": "folder", "path": str(args.folder)} if args.folder else {"kind": "builtin"},
+        "streaming": streaming, "models": models,
     }, f"benchmarks/streaming.py ({what})")
     summary = run_cells(cfg, on_cell=lambda cell, state, i, n: print(
         f"{what} {i + 1}/{n} {cell.model.name} {cell.model.engine} {cell.chunk_ms} ms: {state}", file=sys.stderr))
@@ -122,11 +127,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="LocalAgreement's endpoint: vad (silero, commit at the end of speech) or none")
     p.add_argument("--endpoint-silence-ms", type=int, default=StreamingConfig.endpoint_silence_ms,
                    help="the pause that ends speech, ms")
+    p.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default=StreamingConfig.encoder_window,
+                   help="LocalAgreement's encoder window: full (Whisper's 30 s) or buffer (the buffer + 1 s; ct2)")
+    p.add_argument("--trim-s", type=float, default=StreamingConfig.trim_s,
+                   help="LocalAgreement trims its buffer at a committed sentence end once longer than this, s")
+    p.add_argument("--folder", type=Path, default=None, help="stream this folder (audio + same-name .txt)")
+    p.add_argument("--min-speech-share", type=float, default=0.8,
+                   help="with --folder: the least share of speech in a clip ([run] min_speech_share)")
     p.add_argument("--no-capacity", action="store_true", help="skip the real-time capacity search")
     p.add_argument("--targets-only", action="store_true", help="skip the chunk-size trade-off")
     p.add_argument("--smoke", action="store_true", help="a tiny run that checks the script works (numbers mean nothing)")
     args = p.parse_args(argv)
-    endpoint = {"endpoint": args.endpoint, "endpoint_silence_ms": args.endpoint_silence_ms}
+    endpoint = {"endpoint": args.endpoint, "endpoint_silence_ms": args.endpoint_silence_ms,
+                "encoder_window": args.encoder_window, "trim_s": args.trim_s}
     engines = [tuple(e.split(":")) for e in args.engines.split(",")]
     chunks = [int(c) for c in args.chunks.split(",")]
     if args.smoke:

@@ -20,7 +20,7 @@ from asrperf.run.plan import Cell, expand
 from asrperf.scenarios.stream_capacity import Probe, judge, search, threaded_probe
 from asrperf.scenarios.stream_clock import run_stream
 from asrperf.scenarios.stream_endpoint import Endpointer, SileroVad, VoiceActivity
-from asrperf.scenarios.stream_policies import Chunked, LocalAgreement, make_policy
+from asrperf.scenarios.stream_policies import WINDOW_PAD_S, Chunked, LocalAgreement, make_policy
 
 RATE = 16_000
 
@@ -111,6 +111,40 @@ def test_buffer_is_trimmed_at_the_second_to_last_committed_sentence_and_prompts_
     assert la.prompt() == "Hello world. Good day."
     la.prompt_chars = 5
     assert la.prompt() == "day."
+
+
+class WindowedWhisper(ScriptedWhisper):
+    """A scripted engine that reads a shorter encoder window, and records the window each call asked for."""
+
+    def __init__(self, words):
+        super().__init__(words, 0.0)
+        self.windows: list[float | None] = []
+
+    def transcribe_words(self, audio, sample_rate, prompt="", window_s=None):
+        self.windows.append(window_s)
+        return super().transcribe_words(audio, sample_rate, prompt)
+
+
+@pytest.mark.parametrize("window", ["full", "buffer"])
+def test_encoder_window_buffer_asks_for_the_buffer_plus_the_pad_and_the_row_says_so(window):
+    engine = WindowedWhisper([W("alpha", 0.2, 0.6), W("bravo", 0.7, 1.1)])
+    policy = make_policy("local_agreement", engine, RATE, StreamingConfig(encoder_window=window))
+    audio = np.zeros(3 * RATE, np.float32)
+    for end in (RATE, 2 * RATE, 3 * RATE):
+        policy.update(audio[:end], final=end == len(audio))
+    s = policy.settings()
+    assert s["encoder_window"] == window
+    if window == "full":
+        assert engine.windows == [None, None, None] and "encoder_window_pad_s" not in s
+    else:  # the buffer never trimmed here: it grows 1, 2, 3 s, and each window is that plus the pad
+        assert engine.windows == [pytest.approx(b + WINDOW_PAD_S) for b in (1.0, 2.0, 3.0)]
+        assert s["encoder_window_pad_s"] == WINDOW_PAD_S
+    assert [w.text for w in policy.committed] == ["alpha", "bravo"]
+
+
+def test_an_unknown_encoder_window_is_a_one_line_config_error():
+    with pytest.raises(ConfigError, match=r"streaming.encoder_window: 'short' is not one of full, buffer"):
+        StreamingConfig(encoder_window="short").validate()
 
 
 # -- the endpoint (LocalAgreement + a voice activity detector) on literal speech -----------------------

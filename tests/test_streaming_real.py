@@ -26,11 +26,13 @@ def _clips(cache_dir, tiny_source, length_s: float, n: int) -> list:
     return ClipCache(cache_dir).load(prepare(cfg)[float(length_s)], n)
 
 
-@pytest.mark.parametrize("endpoint", ["none", "vad"])
+@pytest.mark.parametrize("endpoint, window", [("none", "full"), ("vad", "full"), ("none", "buffer")])
 def test_real_tiny_en_streams_within_3_wer_points_of_offline_with_bounded_finalization(run_rows, cache_dir,
-                                                                                      tiny_source, endpoint):
+                                                                                      tiny_source, endpoint, window):
     chunk_s = 1.0
     extra = {} if endpoint == "none" else {"endpoint": endpoint}  # "none" is the default
+    if window != "full":  # the encoder reads the buffer + 1 s, not 30 s
+        extra["encoder_window"] = window
     (row,) = run_rows([{"name": "whisper-tiny.en", "engine": "ct2", "dtype": "int8"}], lengths=[15], n_clips=2,
                       scenarios=["streaming"], chunk_ms=[1000], streaming={"capacity": False, **extra})
     assert row["scenario"] == "streaming" and row["chunk_ms"] == 1000 and row["cell_key"].endswith("|chunk=1000ms")
@@ -54,8 +56,10 @@ def test_real_tiny_en_streams_within_3_wer_points_of_offline_with_bounded_finali
         assert float(np.median(fin)) <= bound, (fin, bound)
     assert row["capacity_missing_reason"] == "streaming.capacity = false"
     assert row["stream_endpoint"] == endpoint
+    assert row["stream_policy_settings"]["encoder_window"] == window
+    assert ("encoder window: the buffer + 1 s" in row["stream_policy_label"]) == (window == "buffer")
     if endpoint == "none":
-        assert row["stream_policy_label"].endswith("no endpoint") and "stream_n_endpoints" not in row
+        assert "no endpoint" in row["stream_policy_label"] and "stream_n_endpoints" not in row
         return
     # silero VAD, fired at the pauses between sentences
     assert row["stream_policy_settings"]["endpoint_silence_ms"] == 100

@@ -27,6 +27,7 @@ CLIP_MODES = ("exact", "continuous", "loop")  # data/clips.py BUILDERS
 DEFAULT_MAX_BATCH = 64  # max_throughput: the largest batch the search tries unless told
 MAX_DECODE_TOKENS = 440  # Whisper decodes at most 448 positions, prompt included
 STREAM_CLOCKS = ("simulated", "realtime")  # scenarios/stream_clock.py
+ENCODER_WINDOWS = ("full", "buffer")  # streaming.encoder_window: Whisper's 30 s, or the buffer's length
 STREAM_ENDPOINTS = ("vad", "none")  # scenarios/stream_endpoint.py: silero VAD endpoints, or pure LocalAgreement
 CAPACITY_WORKERS = ("threads", "processes")
 MAX_CHUNK_MS = 30_000  # one Whisper window
@@ -148,6 +149,9 @@ class StreamingConfig:
     # inside a sentence that fires only commits earlier: the words before it come from a decode that
     # heard what follows, and the buffer restarts in silence, so no word is cut.
     endpoint_silence_ms: int = 100
+    # LocalAgreement: "full" encodes Whisper's zero-padded 30 s window on every update; "buffer" only the
+    # buffer plus 1 s (engine ct2; faster and cheaper, at a WER cost the streamed rows show)
+    encoder_window: str = "full"
     left_context_ms: int = 1000  # chunked: audio before each chunk that the model reads again
     right_context_ms: int = 200  # chunked: audio after each chunk that it waits for (adds to latency)
     capacity: bool = True  # search the most concurrent real-time streams (the shortest clip length's cells)
@@ -168,6 +172,7 @@ class StreamingConfig:
         _choice("streaming.clock", self.clock, STREAM_CLOCKS)
         _choice("streaming.capacity_workers", self.capacity_workers, CAPACITY_WORKERS)
         _choice("streaming.endpoint", self.endpoint, STREAM_ENDPOINTS)
+        _choice("streaming.encoder_window", self.encoder_window, ENCODER_WINDOWS)
         checks = (("agreement", self.agreement >= 2, "an integer >= 2 (LocalAgreement-2 commits what two updates agree on)"),
                   ("trim_s", 0 < self.trim_s <= 30, "seconds in (0, 30]: Whisper reads at most 30 s"),
                   ("prompt_chars", self.prompt_chars >= 0, "characters >= 0"),

@@ -237,10 +237,13 @@ class Engine(ABC):
         selects the streaming policy the engine declares for it (EngineDecl.streaming_policies)."""
         return ""
 
-    def transcribe_words(self, audio: np.ndarray, sample_rate: int, prompt: str = "") -> list[Word]:
+    def transcribe_words(self, audio: np.ndarray, sample_rate: int, prompt: str = "",
+                         window_s: float | None = None) -> list[Word]:
         """One waveform (<= 30 s) decoded with the engine's own decoding, `prompt` as the text
         that came before it, returning each word with its start and end in seconds (Whisper word
-        timestamps). Raises StreamingUnsupported with the reason where the model cannot."""
+        timestamps). `window_s`: an encoder window shorter than Whisper's 30 s, where the engine
+        can read one (None: the full window). Raises StreamingUnsupported with the reason where
+        the model cannot."""
         raise StreamingUnsupported(f"engine {self.name} gives no word timestamps")
 
     def frame_labels(self, audio: np.ndarray, sample_rate: int) -> FrameLabels:

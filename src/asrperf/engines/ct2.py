@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from asrperf.engines.base import (GREEDY_DECODING, Engine, LoadedWeights, ModelS
 from asrperf.engines.capabilities import CT2_COMPUTE_TYPES
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
 from asrperf.engines.ct2_format import WHISPER_SPEC_NAME
-from asrperf.engines.windows import WINDOW_SAMPLES
+from asrperf.engines.windows import WINDOW_S, WINDOW_SAMPLES
 from asrperf.errors import ModelError, require
 
 # asrperf dtype -> CTranslate2 compute type (declared with the engine's capabilities)
@@ -131,6 +133,15 @@ def convert_checkpoint(checkpoint: Path, cache_dir: Path) -> Path:
     return build_once(final, "model.bin", build)
 
 
+# transcribe_words with a short encoder window: at most this many new tokens per second of audio, plus the
+# slack (read English is 3-4 tokens a second; the cap only stops a decode that repeats itself)
+WINDOW_TOKENS_PER_S, WINDOW_TOKEN_SLACK = 10, 10
+# ... and its length, rounded up to whole steps of this: a window that grows with every 1 s update changed
+# the encoding of the same words from one update to the next, and LocalAgreement waited for them to agree
+# (tiny.en ct2 int8, 4 built-in clips, 1000 ms chunks: p90 finalization 3.2 s in 1 s steps, 2.2 s in 5 s steps)
+WINDOW_STEP_S = 5
+
+
 class CTranslate2Engine(Engine):
     """Whisper on CTranslate2 through faster-whisper; same decoding settings as the transformers engine."""
 
@@ -158,6 +169,17 @@ class CTranslate2Engine(Engine):
         except (RuntimeError, ValueError, OSError) as exc:
             raise ModelError(f"{path}: CTranslate2 cannot load this model on {device} ({exc})") from exc
         self.batched = fw.BatchedInferencePipeline(self.model)
+        # transcribe_words' encoder window: faster-whisper pads every window to 30 s before its encode;
+        # where a caller asks for a shorter window, the padded features are cut to it first (per thread:
+        # streams may share this engine)
+        self._window = threading.local()
+        full_encode = self.model.encode
+
+        def encode(features: np.ndarray) -> Any:
+            frames = getattr(self._window, "frames", None)
+            return full_encode(features if frames is None else features[..., :frames])
+
+        self.model.encode = encode
         self.longform = spec.options.longform
         self.pool = None
         if self.longform == "batched" and kind == "cpu" and threads > 1:
@@ -347,17 +369,31 @@ class CTranslate2Engine(Engine):
     def model_family(self) -> str:
         return "whisper"
 
-    def transcribe_words(self, audio: np.ndarray, sample_rate: int, prompt: str = "") -> list[Word]:
+    def transcribe_words(self, audio: np.ndarray, sample_rate: int, prompt: str = "",
+                         window_s: float | None = None) -> list[Word]:
         """One <= 30 s window with faster-whisper's word timestamps (DTW over the alignment heads) and
-        `prompt` as initial_prompt; the decoding settings of `transcribe`, without timestamp tokens."""
+        `prompt` as initial_prompt; the decoding settings of `transcribe`, without timestamp tokens.
+        `window_s`: the encoder reads only the first window_s seconds (at least the audio, rounded up
+        to WINDOW_STEP_S) of the zero-padded 30 s window, as whisper.cpp's audio_ctx does; None: all 30 s."""
         if len(audio) > WINDOW_SAMPLES:
             raise StreamingUnsupported(f"a streaming buffer of {len(audio) / sample_rate:.1f} s is over Whisper's 30 s window")
         options = {**self._options(), "word_timestamps": True}
-        segments, _ = self.model.transcribe(audio, without_timestamps=True, initial_prompt=prompt.strip() or None,
-                                            **options)
-        # only the window's own decode: with word timestamps faster-whisper moves its seek to the last
-        # word's end and decodes what is left of the window again, which on trailing silence invents words
-        first = next(iter(segments), None)
+        frames = None
+        if window_s is not None:  # 100 feature frames a second, in WINDOW_STEP_S steps
+            steps = max(1, math.ceil(max(window_s, len(audio) / sample_rate) / WINDOW_STEP_S - 1e-9))
+            frames = min(100 * WINDOW_S, 100 * WINDOW_STEP_S * steps)
+            # on a short window greedy decoding now and then loops on a phrase until Whisper's 448-token
+            # limit (1.3-1.7 s an update on 2 cores, against 0.1-0.2 s): no speech needs more than this
+            options["max_new_tokens"] = math.ceil(WINDOW_TOKENS_PER_S * len(audio) / sample_rate) + WINDOW_TOKEN_SLACK
+        self._window.frames = frames
+        try:
+            segments, _ = self.model.transcribe(audio, without_timestamps=True, initial_prompt=prompt.strip() or None,
+                                                **options)
+            first = next(iter(segments), None)  # the generator decodes here, inside the window setting
+        finally:
+            self._window.frames = None
+        # only the window's own decode (`first`): with word timestamps faster-whisper moves its seek to the
+        # last word's end and decodes what is left of the window again, which on trailing silence invents words
         words: list[Word] = []
         for w in (first.words or []) if first is not None else []:
             text = w.word.strip()

@@ -199,7 +199,11 @@ class TransformersEngine(Engine):
     def model_family(self) -> str:
         return self._run.family
 
-    def transcribe_words(self, audio: np.ndarray, sample_rate: int, prompt: str = "") -> list[Word]:
+    def transcribe_words(self, audio: np.ndarray, sample_rate: int, prompt: str = "",
+                         window_s: float | None = None) -> list[Word]:
+        if window_s is not None:
+            raise StreamingUnsupported(f"engine {self.name}: transformers' Whisper reads only its full 30 s encoder "
+                                       "window; use streaming.encoder_window = \"full\" (or engine ct2)")
         with self.torch.inference_mode():
             return self._run.transcribe_words(audio, sample_rate, prompt)
 

@@ -12,7 +12,11 @@ audio spoken so far and returns what the stream shows now.
   `trim_s` (and never grows past Whisper's 30 s window). With an endpointer
   (scenarios/stream_endpoint.py, whisper_streaming's VAC): where speech ended before a pause, the
   hypothesis up to there is committed without waiting for agreement and the buffer restarts
-  there; a buffer with no speech in it is not decoded.
+  there; a buffer with no speech in it is not decoded. With encoder_window "buffer" (engines
+  that can read a shorter window: ct2), each update's encoder reads the buffer plus WINDOW_PAD_S of
+  silence, in whole seconds, instead of Whisper's zero-padded 30 s, as whisper.cpp's audio_ctx does:
+  the encoder's cost falls with the buffer, and so does the decoder's cross-attention. Whisper was
+  trained on 30 s windows, so the row carries the streamed WER to judge it by.
 - Chunked, for frame-synchronous models (CTC, transducers without a native streaming mode): audio
   up to `right_s` before the newest sample is finalised frame by frame; each update runs the model
   on [first unfinalised frame - left_s, newest sample], keeps the labels of the frames it
@@ -38,6 +42,7 @@ SENTENCE_END = (".", "?", "!")
 # 20 ms frames) run up to ~0.1 s past where the detector hears speech stop
 END_SLACK_S = 0.2
 TRAILING_QUOTES = "\"')]}"
+WINDOW_PAD_S = 1.0  # encoder_window "buffer": silence after the buffer that the encoder reads too
 
 
 @dataclass(frozen=True)
@@ -90,12 +95,13 @@ class LocalAgreement(Policy):
     NGRAM_DEDUPE = 5  # up to this many words repeated at the buffer start are dropped (whisper_streaming)
 
     def __init__(self, engine: Engine, sample_rate: int, agreement: int = 2, trim_s: float = 15.0,
-                 prompt_chars: int = 200, endpointer: Endpointer | None = None) -> None:
+                 prompt_chars: int = 200, endpointer: Endpointer | None = None, encoder_window: str = "full") -> None:
         super().__init__(engine, sample_rate)
         if agreement < 2:
             raise ValueError("LocalAgreement needs at least 2 hypotheses to agree")
         self.agreement, self.trim_s, self.prompt_chars = agreement, trim_s, prompt_chars
         self.endpointer = endpointer  # None: pure LocalAgreement-n
+        self.encoder_window = encoder_window  # "full": Whisper's 30 s; "buffer": the buffer + WINDOW_PAD_S
         self.offset_s = 0.0  # where the buffer starts in the stream's audio
         self.committed: list[Word] = []  # stream times
         self.tails: list[list[Word]] = []  # the last agreement-1 hypotheses, committed words removed
@@ -107,6 +113,8 @@ class LocalAgreement(Policy):
         endpoint = self.endpointer.settings() if self.endpointer else {"endpoint": "none"}
         return {"agreement": self.agreement, "trim_s": self.trim_s, "trim_at": "second-to-last committed sentence end",
                 "prompt_chars": self.prompt_chars, "max_buffer_s": self.MAX_BUFFER_S,
+                "encoder_window": self.encoder_window,
+                **({"encoder_window_pad_s": WINDOW_PAD_S} if self.encoder_window == "buffer" else {}),
                 "forced_trims": self.forced_trims, **endpoint,
                 **({"endpoint_slack_s": END_SLACK_S, "endpoints": self.endpoints, "skipped_updates": self.skipped}
                    if self.endpointer else {})}
@@ -164,7 +172,11 @@ class LocalAgreement(Policy):
             self._cut(end_s - self.endpointer.silence_s - CONTEXT_S)
             return Shown(tuple(w.text for w in self.committed))
         buffer = audio[int(round(self.offset_s * self.rate)):]
-        words = self.engine.transcribe_words(buffer, self.rate, self.prompt())
+        if self.encoder_window == "buffer":
+            words = self.engine.transcribe_words(buffer, self.rate, self.prompt(),
+                                                 window_s=len(buffer) / self.rate + WINDOW_PAD_S)
+        else:
+            words = self.engine.transcribe_words(buffer, self.rate, self.prompt())
         new = self.insert([Word(w.text, w.start_s + self.offset_s, w.end_s + self.offset_s) for w in words])
         agreed = self.agree(new)
         shown = self.tails[-1]
@@ -262,7 +274,7 @@ def make_policy(kind: str, engine: Engine, sample_rate: int, settings: Any) -> P
     if kind == "local_agreement":
         endpointer = Endpointer(SileroVad(), settings.endpoint_silence_ms / 1000) if settings.endpoint == "vad" else None
         return LocalAgreement(engine, sample_rate, settings.agreement, settings.trim_s, settings.prompt_chars,
-                              endpointer)
+                              endpointer, settings.encoder_window)
     if kind == "chunked":
         return Chunked(engine, sample_rate, settings.left_context_ms / 1000, settings.right_context_ms / 1000)
     raise ValueError(f"unknown streaming policy '{kind}'")

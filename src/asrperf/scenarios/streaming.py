@@ -80,7 +80,10 @@ def policy_label(policy: Policy, engine: Engine) -> str:
                 f"right {1000 * s['right_context_s']:g} ms{native})")
     endpoint = (f", {s['endpoint_vad']} VAD endpoint after {s['endpoint_silence_ms']} ms of silence"
                 if s["endpoint"] == "vad" else ", no endpoint")
-    return f"LocalAgreement-{s['agreement']} on engine {engine.name}'s word timestamps, committed text as prompt{endpoint}"
+    window = (f", encoder window: the buffer + {s['encoder_window_pad_s']:g} s (not 30 s)"
+              if s.get("encoder_window") == "buffer" else "")
+    return (f"LocalAgreement-{s['agreement']} on engine {engine.name}'s word timestamps, committed text as prompt"
+            f"{endpoint}{window}")
 
 
 def _endpoint_fields(policies: list[Policy]) -> dict[str, Any]:
