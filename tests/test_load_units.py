@@ -309,3 +309,22 @@ def test_the_scheduler_lets_a_started_request_go_on_while_it_waits_for_the_next_
         await task
 
     asyncio.run(scenario())
+
+
+def test_a_run_pauses_garbage_collection_and_gives_it_back():
+    """No collection pause lands on a send while a run lasts; the caller's collector is as it was after."""
+    import gc
+
+    from asrperf.load.generator import _no_collection_pauses
+
+    assert gc.isenabled()
+    with _no_collection_pauses():
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        with _no_collection_pauses():
+            pass
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()

@@ -21,6 +21,8 @@ on the wire):
 - idle connections are kept for the whole run (KEEPALIVE_S; an asrperf server keeps them 75 s),
   and a few are opened before the schedule starts (PREOPEN, by a GET on the endpoint, which does
   no work), since a connection opened at send time adds its connect to the lateness;
+- the cyclic garbage collector pauses for the run (its full collections stopped the loop for
+  tens of ms in a process holding many objects);
 - while it runs, the scheduling thread takes the lowest real-time priority where the OS permits
   it (root or CAP_SYS_NICE; the row's generator_policy says), so a server computing on every core
   does not delay its wake-ups. Without that permission it stays at normal priority, and an
@@ -34,6 +36,7 @@ outlasts duration_s + timeout_s.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 import time
@@ -105,6 +108,23 @@ class LoadRun:
     started_at: float = 0.0  # wall clock (time.time()) of the schedule's zero
     wall_s: float = 0.0  # from the schedule's zero to the last answer
     policy: str = NORMAL  # the scheduling thread's priority: REALTIME where the OS permitted it
+
+
+@contextmanager
+def _no_collection_pauses() -> Iterator[None]:
+    """No cyclic garbage collection while the run lasts: what the process holds is frozen (left out of
+    later collections) and the collector is off, on again after. In a process holding many objects a
+    full collection stops the event loop for tens of ms (a 95 ms late send in benchmarks/serving.py);
+    a run is bounded, so the garbage it leaves is too."""
+    was = gc.isenabled()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was:
+            gc.enable()
 
 
 @contextmanager
@@ -182,7 +202,7 @@ async def run_load_async(target: Target, clips: Sequence[WorkClip], arrivals: Ar
     if not clips:
         raise ConfigError("no clips to send; check the source and n_clips")
     run = LoadRun(arrivals, bounds, seed)
-    with _send_priority() as run.policy:
+    with _send_priority() as run.policy, _no_collection_pauses():
         await _run(run, target, clips)
     return run
 
