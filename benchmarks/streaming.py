@@ -4,6 +4,7 @@
                                    [--chunks 160,320,500,1000,2000] [--device cpu] [--store S] [--out summary.md]
                                    [--endpoint vad|none] [--endpoint-silence-ms 100] [--no-capacity]
                                    [--encoder-window full|buffer] [--trim-s 15] [--folder DIR]
+                                   [--max-finalization-p90-s 3]
                                    [--targets-only] [--smoke]
 
 1. Targets, whisper tiny.en with real weights on the built-in corpus, 1000 ms chunks, every engine
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="LocalAgreement's encoder window: full (Whisper's 30 s) or buffer (the buffer + 1 s; ct2)")
     p.add_argument("--trim-s", type=float, default=StreamingConfig.trim_s,
                    help="LocalAgreement trims its buffer at a committed sentence end once longer than this, s")
+    p.add_argument("--max-finalization-p90-s", type=float, default=StreamingConfig.max_finalization_p90_s,
+                   help="the capacity search's bound on p90 finalization, s (beside < 1%% of chunks late)")
     p.add_argument("--folder", type=Path, default=None, help="stream this folder (audio + same-name .txt)")
     p.add_argument("--min-speech-share", type=float, default=0.8,
                    help="with --folder: the least share of speech in a clip ([run] min_speech_share)")
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         args.length, args.n_clips, args.max_streams = 5.0, 1, 2
         engines, chunks = [("ct2", "int8")], [500, 1000]
     tiny = [{"name": MODEL, "engine": e, "dtype": d, "weights": "real"} for e, d in engines]
-    target_rows = _run(tiny, [1000], {"max_streams": args.max_streams, "capacity": not args.no_capacity, **endpoint},
+    target_rows = _run(tiny, [1000], {"max_streams": args.max_streams, "capacity": not args.no_capacity,
+                                      "max_finalization_p90_s": args.max_finalization_p90_s, **endpoint},
                        args, "targets")
     lines = ["## Streaming targets (tiny.en, real weights, 1000 ms chunks)", "", HEADER,
              *[_line(r) for r in target_rows], "", *targets(target_rows), ""]
