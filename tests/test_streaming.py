@@ -147,6 +147,15 @@ def test_an_unknown_encoder_window_is_a_one_line_config_error():
         StreamingConfig(encoder_window="short").validate()
 
 
+def test_transformers_refuses_a_short_encoder_window_with_the_setting_to_change():
+    from asrperf.engines.hf import TransformersEngine
+
+    engine = object.__new__(TransformersEngine)  # the refusal comes before any model is needed
+    with pytest.raises(StreamingUnsupported, match=r'reads only its full 30 s encoder window; use '
+                                                   r'streaming.encoder_window = "full" \(or engine ct2\)'):
+        engine.transcribe_words(np.zeros(RATE, np.float32), RATE, "", window_s=2.0)
+
+
 # -- the endpoint (LocalAgreement + a voice activity detector) on literal speech -----------------------
 
 class TimedWhisper(ScriptedWhisper):

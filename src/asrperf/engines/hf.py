@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from asrperf.engines.base import (GREEDY_DECODING, BatchPadding, DecoderAccess, Engine, ForcedDecode, FrameLabels,
-                                  LoadedWeights, ModelSpec, Transcription, Word, feature_extractor_padding)
+                                  LoadedWeights, ModelSpec, StreamingUnsupported, Transcription, Word,
+                                  feature_extractor_padding)
 from asrperf.engines.catalog import FAMILY_BY_MODEL_TYPE
 from asrperf.engines.hf_families import CtcAdapter, FamilyAdapter, TransducerAdapter, bundled_sources
 from asrperf.engines.hf_whisper import WhisperAdapter
