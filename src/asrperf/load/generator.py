@@ -21,8 +21,8 @@ on the wire):
 - idle connections are kept for the whole run (KEEPALIVE_S; an asrperf server keeps them 75 s),
   and a few are opened before the schedule starts (PREOPEN, by a GET on the endpoint, which does
   no work), since a connection opened at send time adds its connect to the lateness;
-- the cyclic garbage collector pauses for the run (its full collections stopped the loop for
-  tens of ms in a process holding many objects);
+- the cyclic garbage collector pauses for the run (in a process holding many objects a full
+  collection can stop the loop for tens of ms);
 - while it runs, the scheduling thread takes the lowest real-time priority where the OS permits
   it (root or CAP_SYS_NICE; the row's generator_policy says), so a server computing on every core
   does not delay its wake-ups. Without that permission it stays at normal priority, and an
@@ -114,8 +114,8 @@ class LoadRun:
 def _no_collection_pauses() -> Iterator[None]:
     """No cyclic garbage collection while the run lasts: what the process holds is frozen (left out of
     later collections) and the collector is off, on again after. In a process holding many objects a
-    full collection stops the event loop for tens of ms (a 95 ms late send in benchmarks/serving.py);
-    a run is bounded, so the garbage it leaves is too."""
+    full collection can stop the event loop for tens of ms (likely the cause of one 95 ms late send
+    in benchmarks/serving.py, not traced); a run is bounded, so the garbage it leaves is too."""
     was = gc.isenabled()
     gc.freeze()
     gc.disable()
