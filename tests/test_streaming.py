@@ -242,6 +242,37 @@ def test_an_endpoint_commits_at_the_end_of_speech_without_a_second_agreeing_upda
         assert s["endpoint"] == "none" and "endpoints" not in s
 
 
+class HypothesesWhisper(ScriptedWhisper):
+    """Returns its `hypotheses` one call after another (buffer times), as Whisper retimes a word when it hears more."""
+
+    def __init__(self, hypotheses: list[list[Word]]) -> None:
+        super().__init__([], 0.0)
+        self.hypotheses = hypotheses
+
+    def transcribe_words(self, audio, sample_rate, prompt=""):
+        self.prompts.append(prompt)
+        return self.hypotheses[len(self.prompts) - 1]
+
+
+def test_a_word_agreed_as_speech_ends_does_not_hide_the_first_word_after_the_endpoint():
+    # the detector hears speech stop at 1.17 s; Whisper times "sea" to end at 1.29 s in the update that agrees
+    # on it and fires the endpoint, and the next sentence's "the" to start right at the cut (as on the
+    # built-in corpus, where "The girl at the booth" came out as "at the booth")
+    engine = HypothesesWhisper([
+        [W("sea", 0.5, 0.97)],
+        [W("sea", 0.5, 1.29), W("the", 1.35, 1.45), W("girl", 1.45, 1.8)],
+        [W("the", 0.0, 0.28), W("girl", 0.28, 0.6), W("sold", 0.6, 1.0)],  # the buffer from 1.17 s
+    ])
+    policy = LocalAgreement(engine, RATE, endpointer=Endpointer(ScriptedVad([(0.2, 1.17), (1.4, 3.0)]), 0.1))
+    audio = _ramp(3.0)
+    policy.update(audio[:RATE], False)
+    shown = policy.update(audio[: 2 * RATE], False)
+    assert shown.committed == ("sea",) and policy.offset_s == pytest.approx(1.17)
+    assert policy.committed[-1].end_s == pytest.approx(1.17)  # held to where speech stopped
+    shown = policy.update(audio, True)
+    assert shown.committed == ("sea", "the", "girl", "sold")
+
+
 def test_silence_is_not_decoded_and_the_detector_reads_only_recent_audio():
     words = [W("hello", 3.3, 3.8), W("there", 3.9, 4.4)]
     clock = FakeClock()

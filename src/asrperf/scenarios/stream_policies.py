@@ -80,6 +80,11 @@ def _ends_sentence(word: Word) -> bool:
     return word.text.rstrip(TRAILING_QUOTES).endswith(SENTENCE_END)
 
 
+def _held(word: Word, end_s: float) -> Word:
+    """`word` with its times held to end by `end_s`."""
+    return Word(word.text, min(word.start_s, end_s), min(word.end_s, end_s))
+
+
 def _common_prefix(a: list[Word], b: list[Word]) -> int:
     n = 0
     while n < len(a) and n < len(b) and a[n].text == b[n].text:
@@ -197,8 +202,12 @@ class LocalAgreement(Policy):
         while n < len(rest) and rest[n].end_s <= speech_end_s + END_SLACK_S:
             n += 1
         # their ends held to where speech stopped: the next words (decoded from there) start after them,
-        # and they are in the prompt
-        self.committed += [Word(w.text, min(w.start_s, speech_end_s), min(w.end_s, speech_end_s)) for w in rest[:n]]
+        # and they are in the prompt. So are those this update's agreement committed up to there: a word
+        # left ending past the cut would hide the first word decoded after it (a word must start after
+        # the last committed end)
+        self.committed = [_held(w, speech_end_s) if speech_end_s < w.end_s <= speech_end_s + END_SLACK_S else w
+                          for w in self.committed]
+        self.committed += [_held(w, speech_end_s) for w in rest[:n]]
         self.endpoints += 1
         self.tails = []
         self._cut(speech_end_s)
