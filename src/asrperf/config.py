@@ -141,8 +141,9 @@ class StreamingConfig:
     prompt_chars: int = 200  # LocalAgreement: committed text from before the buffer given as the prompt
     # LocalAgreement: "vad" commits what was said up to where speech stopped for `endpoint_silence_ms`
     # without waiting for agreement (silero VAD, the ct2 extra); "none": pure LocalAgreement-n. The
-    # default is "none": measured on tiny.en ct2 int8 (benchmarks/README.md, Streaming), "vad" cut p90
-    # finalization from 2.76 s to 1.72 s but cost +2.7 WER points against offline (none: -0.5)
+    # default is "none": measured on tiny.en ct2 int8 (benchmarks/README.md, session of 2026-12-02 (fifth)),
+    # "vad" cut p90 finalization from 2.89 s to 1.85 s (built-in corpus) and 1.59 s to 1.11 s (LibriVox)
+    # at +1.37 and +1.75 WER points against offline (none: -0.46, +0.00)
     endpoint: str = "none"
     # the pause that ends speech. 100 ms: silero's own default; the pauses between the built-in corpus's
     # sentences are 160-190 ms to the detector, so 200 ms or more would never fire on it. A pause
