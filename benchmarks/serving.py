@@ -20,6 +20,11 @@ numbers mean nothing. --quick keeps the real setting (15 s clips, both engines, 
 15 s probes, 2 bisection steps at 20% precision and a 3-rate sweep, so it finishes in about 10
 minutes on 2 cores; its probes are too short to resolve a p99, so its rates say "unresolved".
 
+The summary also gives what the offline batch latencies allow under the SLO: the compute bound
+(no queueing) and a queue model of the server's batcher (Poisson arrivals, the offline L(b) as a
+fixed compute time, no server overhead), whose max rates with and without batching need no long
+probes to be settled; they model the machine, they do not measure the server.
+
 A probe must hold >= 381 requests to *resolve* a 99th-percentile SLO (Wilson 95% CI, see
 asrperf.load.slo.requests_to_resolve); shorter probes still bisect on the point estimate but
 report "unresolved". At ~3 requests/s of 15 s clips that is ~2 minutes per probe: a full run
@@ -29,10 +34,13 @@ takes about (2 anchors + up to --max-probes) x --probe-s per server, plus the sw
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
+import random
 import sys
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from asrperf.config import config_from_dict
@@ -138,8 +146,95 @@ def slo_bound(mt: dict[str, Any], slo_text: str, rate_b1: float | None) -> list[
     return [line]
 
 
+def batch_latency(probes: list[dict[str, Any]]) -> Callable[[int], float]:
+    """L(b), the offline latency of a batch of b, from the max-throughput probes: measured sizes as
+    measured, sizes between them linearly interpolated, sizes past the largest scaled per clip."""
+    points = sorted((p["batch_size"], p["latency_s_p50"]) for p in probes)
+    sizes = [b for b, _ in points]
+
+    def latency(b: int) -> float:
+        if b <= sizes[0]:
+            return points[0][1]
+        if b >= sizes[-1]:
+            return points[-1][1] * b / sizes[-1]
+        i = bisect.bisect_left(sizes, b)
+        (b0, l0), (b1, l1) = points[i - 1], points[i]
+        return l0 + (l1 - l0) * (b - b0) / (b1 - b0)
+
+    return latency
+
+
+def queue_latencies(arrivals: list[float], latency: Callable[[int], float], max_batch: int,
+                    max_wait_s: float) -> list[float]:
+    """Each request's latency at the server's batcher (serve/batcher.py) as a queue: one worker takes
+    the oldest waiting request and waits up to `max_wait_s` after its arrival for more (at most
+    `max_batch`; once the worker is free it takes what is waiting), then computes for `latency(b)`."""
+    out: list[float] = []
+    free, i, n = 0.0, 0, len(arrivals)
+    while i < n:
+        close = max(free, arrivals[i] + max_wait_s)  # the batch's deadline, or when the worker is free
+        j = i + 1
+        while j < n and j - i < max_batch and arrivals[j] <= close:
+            j += 1
+        if j - i == max_batch:  # full before the deadline: it goes as soon as the worker is free
+            close = max(free, arrivals[j - 1])
+        done = close + latency(j - i)
+        out += [done - a for a in arrivals[i:j]]
+        free, i = done, j
+    return out
+
+
+def simulated_latencies(rate: float, latency: Callable[[int], float], max_batch: int, max_wait_s: float,
+                        n: int = 20_000, seed: int = 0) -> list[float]:
+    """queue_latencies of `n` Poisson arrivals at `rate`, less the first 10% (the queue's start-up).
+    No server overhead and no variance in the compute: what this machine's batch latencies allow,
+    not a measurement of the server."""
+    rng = random.Random(seed)
+    t, arrivals = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        arrivals.append(t)
+    return queue_latencies(arrivals, latency, max_batch, max_wait_s)[n // 10:]
+
+
+def simulated_max_rate(latency: Callable[[int], float], max_batch: int, max_wait_s: float, bound_s: float,
+                       q: float = 99.0, precision: float = 0.01) -> float:
+    """The highest Poisson rate whose simulated q-th percentile latency is within `bound_s` (bisection)."""
+    def meets(rate: float) -> bool:
+        lat = sorted(simulated_latencies(rate, latency, max_batch, max_wait_s))
+        return lat[min(len(lat) - 1, int(q / 100 * len(lat)))] <= bound_s
+
+    if latency(1) + max_wait_s > bound_s:  # even a request that never queues misses it
+        return 0.0
+    lo, hi = 0.0, max(b / latency(b) for b in range(1, max_batch + 1))  # no rate past the best throughput
+    while hi - lo > precision * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if meets(mid) else (lo, mid)
+    return lo
+
+
+def batching_model(mt: dict[str, Any], slo_text: str, max_batch: int, max_wait_s: float) -> list[str]:
+    """The batching gain this machine's offline batch latencies allow under a pNN latency SLO: the
+    simulated max Poisson rate of the batcher at max_batch against max_batch_size 1 (serve/batcher.py's
+    policy, no server overhead). It needs no long probes, so it settles what a short served run cannot."""
+    terms = [t for t in parse_slo(slo_text).latency_terms if t.metric == "latency_s"]
+    probes = [p for p in mt.get("max_throughput_probes") or () if p.get("status") == "ok" and p.get("latency_s_p50")]
+    if not terms or not probes:
+        return []
+    term = min(terms, key=lambda t: t.bound)
+    latency = batch_latency(probes)
+    one = simulated_max_rate(latency, 1, 0.0, term.bound, 100 * term.required)
+    batched = simulated_max_rate(latency, max_batch, max_wait_s, term.bound, 100 * term.required)
+    if not one:
+        return [f"- queue model with these offline batch latencies: no rate meets {slo_text} (a batch of 1 takes {latency(1):.2f} s), with or without batching"]
+    ratio = f"**{batched / one:.2f}x**"
+    return [f"- queue model with these offline batch latencies (Poisson, this batcher, no server overhead): max "
+            f"rate under {slo_text} {one:.3g} req/s with max_batch_size 1, {batched:.3g} req/s with {max_batch} "
+            f"(max_wait_ms {1000 * max_wait_s:g}): {ratio} (target >= {BATCHING_TARGET}x)"]
+
+
 def summarise(engine: str, dtype: str, off: dict[str, Any], by_batch: dict[int, list[dict[str, Any]]],
-              clips: list, slo_text: str) -> list[str]:
+              clips: list, slo_text: str, max_wait_s: float) -> list[str]:
     """Markdown lines for one engine: the targets and the curve."""
     lat, mt = off.get("latency", {}), off.get("max_throughput", {})
     # the search's result row (the sweep, when there is one, adds its own after it)
@@ -170,6 +265,7 @@ def summarise(engine: str, dtype: str, off: dict[str, Any], by_batch: dict[int, 
                      f"(batch {mt.get('max_throughput_batch_size')}): **{share:.0%}** (target >= "
                      f"{SATURATION_TARGET:.0%}: {'met' if share >= SATURATION_TARGET else 'NOT met'})")
     lines += slo_bound(mt, slo_text, rates.get(1))
+    lines += batching_model(mt, slo_text, batched, max_wait_s)
     all_rows = [r for rows in by_batch.values() for r in rows]
     texts = _per_clip(all_rows)
     offline_hyp = {t["clip"]: t["hyp"] for t in lat.get("transcripts", [])}
@@ -246,7 +342,7 @@ def main() -> None:
         for b, rows in by_batch.items():
             save_rows(args.store, {"benchmark": "serving", "engine": engine, "dtype": dtype, "max_batch_size": b,
                                    "slo": args.slo, "length_s": args.length}, rows)
-        lines += summarise(engine, dtype, off.get(engine, {}), by_batch, clips, args.slo) + [""]
+        lines += summarise(engine, dtype, off.get(engine, {}), by_batch, clips, args.slo, args.max_wait_ms / 1000) + [""]
     text = "\n".join(lines)
     print(text)
     if args.out:
