@@ -1,7 +1,7 @@
 """Serving under load: the issue's performance targets for `asrperf serve` + `asrperf load`.
 
     python benchmarks/serving.py [--engines ct2:int8,transformers:fp32] [--batch 16] [--slo 'p99<=2s']
-                                 [--length 15] [--probe-s 120] [--sweep-s 60] [--quick | --smoke]
+                                 [--length 15] [--probe-s 120] [--sweep-s 60] [--quick | --smoke | --model-only]
 
 For each engine (whisper tiny.en, real weights, clips of the built-in corpus):
   1. offline, as `asrperf run` measures it (one process per cell, the same clips): latency and WER
@@ -23,7 +23,8 @@ minutes on 2 cores; its probes are too short to resolve a p99, so its rates say 
 The summary also gives what the offline batch latencies allow under the SLO: the compute bound
 (no queueing) and a queue model of the server's batcher (Poisson arrivals, the offline L(b) as a
 fixed compute time, no server overhead), whose max rates with and without batching need no long
-probes to be settled; they model the machine, they do not measure the server.
+probes to be settled; they model the machine, they do not measure the server. --model-only runs
+the offline part and prints only these (a few minutes).
 
 A probe must hold >= 381 requests to *resolve* a 99th-percentile SLO (Wilson 95% CI, see
 asrperf.load.slo.requests_to_resolve); shorter probes still bisect on the point estimate but
@@ -36,21 +37,22 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import random
 import sys
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from asrperf.config import config_from_dict
-from asrperf.load.arrivals import Arrivals
+from asrperf.load.arrivals import Arrivals, inter_arrival_s
 from asrperf.load.generator import Bounds, Target
 from asrperf.load.launch import SERVER_NICE, asrperf_serve_argv, server_process
 from asrperf.load.record import save_rows
 from asrperf.load.search import SWEEP_FRACTIONS
 from asrperf.load.session import LoadPlan, execute
-from asrperf.load.slo import parse_slo, requests_to_resolve
+from asrperf.load.slo import SloTerm, parse_slo, requests_to_resolve
 from asrperf.load.workload import load_workload
 from asrperf.measure.wer import error_rates
 from asrperf.results.store import Store
@@ -122,16 +124,23 @@ def _per_clip(rows: list[dict[str, Any]]) -> dict[int, set[str]]:
     return texts
 
 
+def _latency_slo_and_probes(mt: dict[str, Any], slo_text: str) -> tuple[SloTerm | None, list[dict[str, Any]]]:
+    """The SLO's tightest end-to-end latency term (None without one) and the max-throughput search's
+    measured batch sizes."""
+    terms = [t for t in parse_slo(slo_text).latency_terms if t.metric == "latency_s"]
+    probes = [p for p in mt.get("max_throughput_probes") or () if p.get("status") == "ok" and p.get("latency_s_p50")]
+    return min(terms, key=lambda t: t.bound, default=None), probes
+
+
 def slo_bound(mt: dict[str, Any], slo_text: str, rate_b1: float | None) -> list[str]:
     """What compute alone allows: a request's latency is at least its batch's compute time, so a server
     meeting a latency SLO of S seconds can at best run batches b whose offline latency L(b) <= S, and
     serve at most max b / L(b) over them (no queueing, no waiting for a batch to fill: an upper bound).
     Offline L(b) comes from the max-throughput search of the same run, on the same clips."""
-    terms = [t for t in parse_slo(slo_text).latency_terms if t.metric == "latency_s"]
-    probes = [p for p in mt.get("max_throughput_probes") or () if p.get("status") == "ok" and p.get("latency_s_p50")]
-    if not terms or not probes:
+    term, probes = _latency_slo_and_probes(mt, slo_text)
+    if term is None or not probes:
         return []
-    bound_s = min(t.bound for t in terms)
+    bound_s = term.bound
     fits = [(p["batch_size"] / p["latency_s_p50"], p["batch_size"], p["latency_s_p50"]) for p in probes
             if p["latency_s_p50"] <= bound_s]
     curve = ", ".join(f"b{p['batch_size']} {p['latency_s_p50']:.2f} s" for p in probes)
@@ -189,22 +198,19 @@ def simulated_latencies(rate: float, latency: Callable[[int], float], max_batch:
     """queue_latencies of `n` Poisson arrivals at `rate`, less the first 10% (the queue's start-up).
     No server overhead and no variance in the compute: what this machine's batch latencies allow,
     not a measurement of the server."""
-    rng = random.Random(seed)
-    t, arrivals = 0.0, []
-    for _ in range(n):
-        t += rng.expovariate(rate)
-        arrivals.append(t)
+    arrivals = np.cumsum(inter_arrival_s(Arrivals("poisson", rate), n, np.random.default_rng(seed))).tolist()
     return queue_latencies(arrivals, latency, max_batch, max_wait_s)[n // 10:]
 
 
-def simulated_max_rate(latency: Callable[[int], float], max_batch: int, max_wait_s: float, bound_s: float,
-                       q: float = 99.0, precision: float = 0.01) -> float:
-    """The highest Poisson rate whose simulated q-th percentile latency is within `bound_s` (bisection)."""
+def simulated_max_rate(latency: Callable[[int], float], max_batch: int, max_wait_s: float, term: SloTerm,
+                       precision: float = 0.01) -> float:
+    """The highest Poisson rate at which the simulated requests meet `term` (bisection): a share
+    `term.required` of them within `term.bound` seconds, as the load search judges a probe."""
     def meets(rate: float) -> bool:
-        lat = sorted(simulated_latencies(rate, latency, max_batch, max_wait_s))
-        return lat[min(len(lat) - 1, int(q / 100 * len(lat)))] <= bound_s
+        lat = simulated_latencies(rate, latency, max_batch, max_wait_s)
+        return sum(x <= term.bound for x in lat) >= term.required * len(lat)
 
-    if latency(1) + max_wait_s > bound_s:  # even a request that never queues misses it
+    if latency(1) + max_wait_s > term.bound:  # even a request that never queues misses it
         return 0.0
     lo, hi = 0.0, max(b / latency(b) for b in range(1, max_batch + 1))  # no rate past the best throughput
     while hi - lo > precision * hi:
@@ -217,20 +223,18 @@ def batching_model(mt: dict[str, Any], slo_text: str, max_batch: int, max_wait_s
     """The batching gain this machine's offline batch latencies allow under a pNN latency SLO: the
     simulated max Poisson rate of the batcher at max_batch against max_batch_size 1 (serve/batcher.py's
     policy, no server overhead). It needs no long probes, so it settles what a short served run cannot."""
-    terms = [t for t in parse_slo(slo_text).latency_terms if t.metric == "latency_s"]
-    probes = [p for p in mt.get("max_throughput_probes") or () if p.get("status") == "ok" and p.get("latency_s_p50")]
-    if not terms or not probes:
+    term, probes = _latency_slo_and_probes(mt, slo_text)
+    if term is None or not probes:
         return []
-    term = min(terms, key=lambda t: t.bound)
     latency = batch_latency(probes)
-    one = simulated_max_rate(latency, 1, 0.0, term.bound, 100 * term.required)
-    batched = simulated_max_rate(latency, max_batch, max_wait_s, term.bound, 100 * term.required)
+    one = simulated_max_rate(latency, 1, 0.0, term)
     if not one:
-        return [f"- queue model with these offline batch latencies: no rate meets {slo_text} (a batch of 1 takes {latency(1):.2f} s), with or without batching"]
-    ratio = f"**{batched / one:.2f}x**"
+        return [f"- queue model with these offline batch latencies: no rate meets {slo_text} (a batch of 1 "
+                f"takes {latency(1):.2f} s), with or without batching"]
+    batched = simulated_max_rate(latency, max_batch, max_wait_s, term)
     return [f"- queue model with these offline batch latencies (Poisson, this batcher, no server overhead): max "
             f"rate under {slo_text} {one:.3g} req/s with max_batch_size 1, {batched:.3g} req/s with {max_batch} "
-            f"(max_wait_ms {1000 * max_wait_s:g}): {ratio} (target >= {BATCHING_TARGET}x)"]
+            f"(max_wait_ms {1000 * max_wait_s:g}): **{batched / one:.2f}x** (target >= {BATCHING_TARGET}x)"]
 
 
 def summarise(engine: str, dtype: str, off: dict[str, Any], by_batch: dict[int, list[dict[str, Any]]],
@@ -317,6 +321,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=".asrperf-cache")
     ap.add_argument("--out", default="", help="also write the markdown summary here")
     ap.add_argument("--smoke", action="store_true", help="a tiny run that checks the script works (numbers meaningless)")
+    ap.add_argument("--model-only", action="store_true", help="the offline part and what it allows (compute bound, "
+                                                               "queue model), no server")
     ap.add_argument("--quick", action="store_true", help="~10 min on 2 cores: short probes, few bisection steps "
                                                           "(rates marked unresolved where the CI straddles)")
     args = ap.parse_args()
@@ -334,6 +340,12 @@ def main() -> None:
     print(f"a probe needs >= {requests_to_resolve(parse_slo(args.slo).terms[0].required)} requests to resolve "
           f"'{args.slo}'; probes here hold at most {args.requests}", file=sys.stderr)
     off = offline(engines, args)
+    if args.model_only:
+        for engine, dtype in engines:
+            mt = off.get(engine, {}).get("max_throughput", {})
+            print("\n".join([f"### {MODEL}, {engine} {dtype}, offline only"] + slo_bound(mt, args.slo, None)
+                             + batching_model(mt, args.slo, args.batch, args.max_wait_ms / 1000)))
+        return
     clips, clip_info = load_workload({"kind": "builtin"}, args.cache_dir, args.length, args.n_clips)
     lines = [f"## Serving: {MODEL}, {args.length:g} s clips, SLO {args.slo}, Poisson arrivals"
              + (" (--quick: probes too short to resolve the SLO; rates are point estimates)" if args.quick else ""), ""]
